@@ -1,0 +1,8 @@
+//! The `ratelimit` proxy-wasm filter (see README.md, section "ratelimit").
+
+pub mod config;
+mod filter;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_| Box::new(filter::Root::default()));
+}}

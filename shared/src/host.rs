@@ -1,0 +1,172 @@
+//! The thin adapter over proxy-wasm hostcalls that the filters' `filter.rs` glue uses.
+//!
+//! Two reasons it exists: the SDK's string-returning wrappers `unwrap` UTF-8 (a client sending a non-UTF-8 header
+//! byte would panic the worker's VM), and its local-reply wrapper cannot pass a gRPC status with an HTTP status.
+//! Everything here reads bytes and converts leniently, and never panics on a host status.
+
+use std::borrow::Cow;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{LogLevel, MapType};
+
+use crate::config::ConfigError;
+use crate::reply::LocalReply;
+use crate::request::RequestHeaders;
+
+/// Routes the `log` crate to Envoy's log at Envoy's current level for Wasm (read once, when the VM starts).
+pub fn init_logging() {
+    let level = hostcalls::get_log_level().unwrap_or(LogLevel::Info);
+    proxy_wasm::set_log_level(level);
+}
+
+/// Parses the plugin configuration. On error logs `<filter>: invalid configuration: <path>: <problem>` at error
+/// level and returns `None`, so that `on_configure` returns false and Envoy rejects the configuration.
+pub fn configure<T>(
+    filter: &str,
+    bytes: Option<Vec<u8>>,
+    parse: impl FnOnce(&[u8]) -> Result<T, ConfigError>,
+) -> Option<T> {
+    match parse(bytes.as_deref().unwrap_or_default()) {
+        Ok(config) => Some(config),
+        Err(err) => {
+            log::error!("{filter}: invalid configuration: {err}");
+            None
+        }
+    }
+}
+
+/// The current request's headers, read one at a time from the host, on demand.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostRequest;
+
+impl RequestHeaders for HostRequest {
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        request_header(name).map(Cow::Owned)
+    }
+
+    fn route_name(&self) -> Option<Cow<'_, str>> {
+        property(&["xds", "route_name"]).map(Cow::Owned)
+    }
+}
+
+/// A request header (lower-case name), non-UTF-8 bytes replaced.
+pub fn request_header(name: &str) -> Option<String> {
+    map_value(MapType::HttpRequestHeaders, name)
+}
+
+/// A response header (lower-case name), non-UTF-8 bytes replaced.
+pub fn response_header(name: &str) -> Option<String> {
+    map_value(MapType::HttpResponseHeaders, name)
+}
+
+fn map_value(map: MapType, name: &str) -> Option<String> {
+    match hostcalls::get_map_value_bytes(map, name) {
+        Ok(Some(bytes)) => Some(into_string(bytes)),
+        _ => None,
+    }
+}
+
+/// All request headers, in order, non-UTF-8 bytes replaced.
+pub fn request_headers() -> Vec<(String, String)> {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+        .map(|pairs| pairs.into_iter().map(|(name, value)| (name, into_string(value))).collect())
+        .unwrap_or_default()
+}
+
+/// A host property as text (`["source", "address"]`, `["xds", "route_name"]`, ...).
+pub fn property(path: &[&str]) -> Option<String> {
+    match hostcalls::get_property(path.to_vec()) {
+        Ok(Some(bytes)) if !bytes.is_empty() => Some(into_string(bytes)),
+        _ => None,
+    }
+}
+
+/// The downstream client's address without the port (Envoy's `source.address`), never a header.
+pub fn client_ip() -> Option<String> {
+    property(&["source", "address"]).map(|address| crate::request::strip_port(&address).to_string())
+}
+
+fn into_string(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
+    }
+}
+
+/// Sends a local reply for the current request. Errors are returned (and should be logged), never panicked on.
+pub fn send_local_reply(reply: &LocalReply) -> Result<(), String> {
+    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    abi::send_local_response(reply.status, &headers, &reply.body, reply.grpc_status)
+}
+
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)] // the one ABI call the SDK wraps with a panic and without the gRPC status we need
+mod abi {
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_send_local_response(
+            status_code: u32,
+            status_code_details_data: *const u8,
+            status_code_details_size: usize,
+            body_data: *const u8,
+            body_size: usize,
+            headers_data: *const u8,
+            headers_size: usize,
+            grpc_status: i32,
+        ) -> u32;
+    }
+
+    pub fn send_local_response(
+        status: u32,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        grpc_status: Option<u32>,
+    ) -> Result<(), String> {
+        let headers = serialize_pairs(headers);
+        let details = b"wasm_filter_local_reply";
+        let grpc_status = grpc_status.and_then(|s| i32::try_from(s).ok()).unwrap_or(-1);
+        // SAFETY: every pointer/length pair points into a live buffer owned by this frame.
+        let status = unsafe {
+            proxy_send_local_response(
+                status,
+                details.as_ptr(),
+                details.len(),
+                body.as_ptr(),
+                body.len(),
+                headers.as_ptr(),
+                headers.len(),
+                grpc_status,
+            )
+        };
+        if status == 0 {
+            Ok(())
+        } else {
+            Err(format!("local reply refused by the host (status {status})"))
+        }
+    }
+
+    /// The proxy-wasm map encoding: count, then each name and value size, then the NUL-terminated bytes.
+    fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let size: usize = 4 + pairs.iter().map(|(n, v)| 8 + n.len() + v.len() + 2).sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+        for (name, value) in pairs {
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        }
+        for (name, value) in pairs {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            out.extend_from_slice(value.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod abi {
+    pub fn send_local_response(_: u32, _: &[(&str, &str)], _: &[u8], _: Option<u32>) -> Result<(), String> {
+        Err("local replies need a proxy-wasm host".to_string())
+    }
+}

@@ -1,0 +1,161 @@
+//! An in-process HTTP/1.1 + HTTP/2 upstream that answers with what it received, as JSON:
+//! `{"method", "path", "headers": {name: value}, "body", "body_base64"}` (repeated headers joined with `,`).
+//!
+//! Tests steer the answer through request headers, so that response-side behaviour can be exercised through
+//! Envoy: `x-echo-status: 503`, `x-echo-header: name: value` (repeatable), `x-echo-body: text` (replaces the
+//! JSON). Every request is also recorded for the test to inspect.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+
+/// A request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The running upstream; stops when dropped.
+pub struct EchoUpstream {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl EchoUpstream {
+    /// Starts on a free loopback port.
+    pub fn start() -> Self {
+        Self::start_on(0).expect("echo upstream")
+    }
+
+    /// Starts on `port` (0: any free one).
+    pub fn start_on(port: u16) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        // Bound with std so that this works from inside an async test too (no block_on in a runtime).
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let listener = {
+            let _context = runtime.enter();
+            TcpListener::from_std(std_listener)?
+        };
+        let received = Arc::new(Mutex::new(Vec::new()));
+        runtime.spawn(serve(listener, received.clone()));
+        Ok(EchoUpstream { addr, received, runtime: Some(runtime) })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Blocks until Ctrl-C (for the demo binary).
+    pub fn run_until_ctrl_c(&self) {
+        if let Some(runtime) = &self.runtime {
+            let _ = runtime.block_on(tokio::signal::ctrl_c());
+        }
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, received: Arc<Mutex<Vec<Received>>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let received = received.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| answer(request, received.clone()));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    received: Arc<Mutex<Vec<Received>>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let record = Received { method: parts.method.to_string(), path, headers, body };
+    if let Ok(mut list) = received.lock() {
+        list.push(record.clone());
+    }
+
+    let mut response =
+        Response::builder().status(record.header("x-echo-status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(200));
+    let mut content_type_set = false;
+    for (_, value) in record.headers.iter().filter(|(n, _)| n == "x-echo-header") {
+        if let Some((n, v)) = value.split_once(':') {
+            content_type_set |= n.trim().eq_ignore_ascii_case("content-type");
+            response = response.header(n.trim(), v.trim());
+        }
+    }
+    let body = match record.header("x-echo-body") {
+        Some(text) => text.as_bytes().to_vec(),
+        None => {
+            if !content_type_set {
+                response = response.header("content-type", "application/json");
+            }
+            echo_json(&record).to_string().into_bytes()
+        }
+    };
+    Ok(response.body(Full::new(Bytes::from(body))).unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+}
+
+fn echo_json(record: &Received) -> Value {
+    let mut headers = Map::new();
+    for (name, value) in &record.headers {
+        match headers.get_mut(name) {
+            Some(Value::String(existing)) => {
+                existing.push(',');
+                existing.push_str(value);
+            }
+            _ => {
+                headers.insert(name.clone(), Value::String(value.clone()));
+            }
+        }
+    }
+    json!({
+        "method": record.method,
+        "path": record.path,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&record.body),
+        "body_base64": base64::engine::general_purpose::STANDARD.encode(&record.body),
+    })
+}

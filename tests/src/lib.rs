@@ -1,0 +1,13 @@
+//! The integration-test harness: real Envoy processes with the filters' .wasm files, an in-process echo
+//! upstream, and small helpers to read Envoy's admin interface.
+//!
+//! Every test starts its own Envoy (two workers, dynamic base id, every listener and the admin on port 0, its own
+//! temporary directory), so tests run in parallel without sharing ports or files.
+
+pub mod admin;
+pub mod echo;
+pub mod envoy;
+pub mod paths;
+
+pub use echo::EchoUpstream;
+pub use envoy::{Envoy, EnvoyConfig};
