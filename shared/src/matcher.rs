@@ -178,7 +178,7 @@ pub fn full_match_regex(pattern: &str, ignore_case: bool) -> Result<Regex, Strin
 
 fn first_line(text: &str) -> String {
     // regex's messages draw the pattern over several lines; the last line holds the reason.
-    text.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(text).trim().to_string()
+    text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(text).trim().to_string()
 }
 
 // ---- JSON shapes ---------------------------------------------------------------------------------------------
