@@ -2,6 +2,7 @@
 
 pub mod config;
 mod filter;
+pub mod sigv4;
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(filter::Root::default()));

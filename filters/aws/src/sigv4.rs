@@ -1,0 +1,411 @@
+//! AWS Signature Version 4 (header signing), pure: no hostcalls, no clock. The caller supplies the time, the
+//! credentials and the request as it will be sent.
+//!
+//! The places signers get wrong, and what this one does:
+//! - Canonical URI: for every service but S3 the path is normalized (dot segments removed, repeated slashes
+//!   merged) and percent-encoded once more ("double encoding": `%3A` becomes `%253A`). For S3 it is used as it is,
+//!   only characters that may not appear unencoded are encoded (existing `%XX` escapes are kept).
+//! - Canonical query: each `key=value` is percent-decoded and re-encoded with AWS's unreserved set
+//!   (`A-Z a-z 0-9 - _ . ~`), then sorted by key and value; a key without `=` gets an empty value.
+//! - Header values: trimmed, inner runs of whitespace collapsed to one space, repeated headers joined with `,` in
+//!   their order; names lower-cased and sorted.
+
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+/// The payload hash of a request whose body is not signed.
+pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+
+/// AWS credentials. `Debug` never shows the secret or the session token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// How the canonical URI is built: S3 (`normalize: false, double_encode: false`) or every other service
+/// (both true).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathRules {
+    pub normalize: bool,
+    pub double_encode: bool,
+}
+
+impl PathRules {
+    pub fn for_service(service: &str) -> Self {
+        let other = !is_s3(service);
+        PathRules { normalize: other, double_encode: other }
+    }
+}
+
+/// S3 and S3-like services whose paths are signed as they are.
+pub fn is_s3(service: &str) -> bool {
+    matches!(service, "s3" | "s3-outposts" | "s3express")
+}
+
+/// A request to sign. `headers` are the headers that will be signed (name, value), already filtered; `host`
+/// must be among them. `amz_date` is `YYYYMMDDTHHMMSSZ`.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a [(String, String)],
+    pub payload_hash: &'a str,
+}
+
+/// Everything the signature was computed from, for the caller (the headers to set) and for the tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    pub canonical_request: String,
+    pub string_to_sign: String,
+    pub signed_headers: String,
+    pub signature: String,
+    pub authorization: String,
+}
+
+/// The signing scope and key material.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub amz_date: &'a str,
+    pub region: &'a str,
+    pub service: &'a str,
+}
+
+impl Scope<'_> {
+    fn date(&self) -> &str {
+        self.amz_date.get(..8).unwrap_or(self.amz_date)
+    }
+
+    pub fn credential_scope(&self) -> String {
+        format!("{}/{}/{}/aws4_request", self.date(), self.region, self.service)
+    }
+}
+
+/// Signs `request`.
+pub fn sign(request: &Request<'_>, scope: &Scope<'_>, rules: PathRules, credentials: &Credentials) -> Signature {
+    let (canonical_headers, signed_headers) = canonical_headers(request.headers);
+    let canonical_request = format!(
+        "{}\n{}\n{}\n{}\n{}\n{}",
+        request.method,
+        canonical_uri(request.path, rules),
+        canonical_query(request.query),
+        canonical_headers,
+        signed_headers,
+        request.payload_hash
+    );
+    let string_to_sign = format!(
+        "{ALGORITHM}\n{}\n{}\n{}",
+        scope.amz_date,
+        scope.credential_scope(),
+        sha256_hex(canonical_request.as_bytes())
+    );
+    let key = signing_key(&credentials.secret_access_key, scope);
+    let signature = hex::encode(hmac(&key, string_to_sign.as_bytes()));
+    let authorization = format!(
+        "{ALGORITHM} Credential={}/{}, SignedHeaders={signed_headers}, Signature={signature}",
+        credentials.access_key_id,
+        scope.credential_scope()
+    );
+    Signature { canonical_request, string_to_sign, signed_headers, signature, authorization }
+}
+
+/// Hex SHA-256 of `data` (the payload hash).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn signing_key(secret: &str, scope: &Scope<'_>) -> Vec<u8> {
+    let k_date = hmac(format!("AWS4{secret}").as_bytes(), scope.date().as_bytes());
+    let k_region = hmac(&k_date, scope.region.as_bytes());
+    let k_service = hmac(&k_region, scope.service.as_bytes());
+    hmac(&k_service, b"aws4_request")
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    // HMAC accepts keys of any length, so `new_from_slice` cannot fail; an empty MAC would only give a wrong
+    // signature, never a panic.
+    match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(data);
+            mac.finalize().into_bytes().to_vec()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The canonical URI of a path as it is sent (percent-encoded as on the wire).
+pub fn canonical_uri(path: &str, rules: PathRules) -> String {
+    let path = if path.is_empty() { "/" } else { path };
+    let normalized;
+    let path = if rules.normalize {
+        normalized = normalize_path(path);
+        normalized.as_str()
+    } else {
+        path
+    };
+    if rules.double_encode {
+        encode(path.as_bytes(), true)
+    } else {
+        encode_keeping_escapes(path)
+    }
+}
+
+/// Removes `.` and `..` segments and merges repeated slashes, keeping a leading and a trailing slash (the
+/// algorithm AWS SDKs use).
+pub fn normalize_path(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    out.push('/');
+    out.push_str(&segments.join("/"));
+    if path.ends_with('/') && !segments.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// The canonical query string: decoded, re-encoded, sorted by key then value.
+pub fn canonical_query(query: &str) -> String {
+    let mut pairs = query_pairs(query);
+    pairs.sort();
+    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+}
+
+/// The query's `key=value` pairs, each re-encoded with AWS's unreserved set, in their order. Sending the query
+/// in this form makes what the server sees equal what was signed.
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (encode(&percent_decode(key), false), encode(&percent_decode(value), false))
+        })
+        .collect()
+}
+
+/// The canonical headers block (each `name:value\n`) and the signed-headers list.
+pub fn canonical_headers(headers: &[(String, String)]) -> (String, String) {
+    let mut merged: Vec<(String, String)> = Vec::new();
+    for (name, value) in headers {
+        let name = name.to_ascii_lowercase();
+        let value = collapse_whitespace(value);
+        match merged.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, existing)) => {
+                existing.push(',');
+                existing.push_str(&value);
+            }
+            None => merged.push((name, value)),
+        }
+    }
+    merged.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut block = String::new();
+    for (name, value) in &merged {
+        block.push_str(name);
+        block.push(':');
+        block.push_str(value);
+        block.push('\n');
+    }
+    let signed = merged.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(";");
+    (block, signed)
+}
+
+/// Trims and collapses every run of whitespace (spaces, tabs, folded line breaks) to one space.
+fn collapse_whitespace(value: &str) -> String {
+    value.split_ascii_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')
+}
+
+/// Percent-encodes every byte outside AWS's unreserved set (and `/` when `keep_slash`), upper-case hex.
+pub fn encode(bytes: &[u8], keep_slash: bool) -> String {
+    let mut out = String::with_capacity(bytes.len() * 3);
+    for &b in bytes {
+        if is_unreserved(b) || (keep_slash && b == b'/') {
+            out.push(char::from(b));
+        } else {
+            push_escape(&mut out, b);
+        }
+    }
+    out
+}
+
+fn push_escape(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0')));
+    out.push(char::from(HEX.get(usize::from(b & 0xf)).copied().unwrap_or(b'0')));
+}
+
+/// Encodes what may not appear in a path unencoded, keeping `/` and valid `%XX` escapes (as upper-case hex).
+fn encode_keeping_escapes(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            if let Some(value) = hex_pair(bytes.get(i + 1).copied(), bytes.get(i + 2).copied()) {
+                push_escape(&mut out, value);
+                i += 3;
+                continue;
+            }
+        }
+        if is_unreserved(b) || b == b'/' {
+            out.push(char::from(b));
+        } else {
+            push_escape(&mut out, b);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Decodes `%XX` escapes (a `%` not followed by two hex digits stays as it is); `+` stays `+`.
+pub fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            if let Some(value) = hex_pair(bytes.get(i + 1).copied(), bytes.get(i + 2).copied()) {
+                out.push(value);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    out
+}
+
+fn hex_pair(high: Option<u8>, low: Option<u8>) -> Option<u8> {
+    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    Some(digit(high?)? << 4 | digit(low?)?)
+}
+
+/// `YYYYMMDDTHHMMSSZ` for a Unix time in seconds.
+pub fn amz_date(unix_seconds: u64) -> String {
+    let days = i64::try_from(unix_seconds / 86_400).unwrap_or(0);
+    let rem = unix_seconds % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Parses an ISO 8601 UTC time as AWS writes it (`2015-08-30T12:36:00Z`, fractional seconds allowed) into Unix
+/// seconds.
+pub fn parse_iso8601(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let num = |range: std::ops::Range<usize>| text.get(range).and_then(|s| s.parse::<i64>().ok());
+    let (y, mo, d, h, mi, s) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let seps = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if !seps.iter().all(|(i, c)| text.as_bytes().get(*i) == Some(c)) || !(1..=12).contains(&mo) {
+        return None;
+    }
+    let days = days_from_civil(y, mo, d);
+    u64::try_from(days * 86_400 + h * 3600 + mi * 60 + s).ok()
+}
+
+// Howard Hinnant's civil-calendar algorithms.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_round_trip() {
+        let t = parse_iso8601("2015-08-30T12:36:00Z").unwrap();
+        assert_eq!(t, 1_440_938_160);
+        assert_eq!(amz_date(t), "20150830T123600Z");
+        assert_eq!(amz_date(0), "19700101T000000Z");
+        assert_eq!(parse_iso8601("2024-02-29T23:59:59.123Z").map(amz_date).as_deref(), Some("20240229T235959Z"));
+        assert_eq!(parse_iso8601("2024-13-01T00:00:00Z"), None);
+        assert_eq!(parse_iso8601("yesterday"), None);
+    }
+
+    #[test]
+    fn paths() {
+        let s3 = PathRules::for_service("s3");
+        let other = PathRules::for_service("lambda");
+        assert_eq!(canonical_uri("/bucket/a%20b/c:d", s3), "/bucket/a%20b/c%3Ad");
+        assert_eq!(canonical_uri("/bucket/100%25/x@y", s3), "/bucket/100%25/x%40y");
+        assert_eq!(canonical_uri("/b//x/../y", s3), "/b//x/../y");
+        assert_eq!(canonical_uri("/b//x/../y/", other), "/b/y/");
+        assert_eq!(canonical_uri("/f/arn%3Aaws%3Alambda/invocations", other), "/f/arn%253Aaws%253Alambda/invocations");
+        assert_eq!(canonical_uri("", other), "/");
+        assert_eq!(normalize_path("/a/./b/../../.."), "/");
+    }
+
+    #[test]
+    fn queries() {
+        assert_eq!(canonical_query("b=2&a=1&a=0&c"), "a=0&a=1&b=2&c=");
+        assert_eq!(canonical_query("k=a%20b+c&x=%7e~"), "k=a%20b%2Bc&x=~~");
+        assert_eq!(canonical_query(""), "");
+        assert_eq!(
+            query_pairs("Action=List&Version=2012-11-05&q=%2f"),
+            vec![
+                ("Action".to_string(), "List".to_string()),
+                ("Version".to_string(), "2012-11-05".to_string()),
+                ("q".to_string(), "%2F".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn credentials_debug_hides_the_secret() {
+        let c = Credentials {
+            access_key_id: "AKID".into(),
+            secret_access_key: "very-secret".into(),
+            session_token: Some("tok-secret".into()),
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("AKID") && !shown.contains("very-secret") && !shown.contains("tok-secret"), "{shown}");
+    }
+}
