@@ -8,6 +8,7 @@ pub mod admin;
 pub mod echo;
 pub mod envoy;
 pub mod paths;
+pub mod rls;
 
 pub use echo::EchoUpstream;
 pub use envoy::{Envoy, EnvoyConfig};

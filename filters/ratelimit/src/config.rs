@@ -1,8 +1,12 @@
-//! Plugin configuration of the `ratelimit` filter (grows with the rate-limit issue).
+//! Plugin configuration of the `ratelimit` filter: serde types and the checks done once, at configure time.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 use serde::Deserialize;
 use shared::config::{self, non_empty, ConfigError};
-use shared::RouteMatch;
+use shared::matcher::header_name;
+use shared::{DurationStr, RouteMatch};
 
 pub const FILTER: &str = "ratelimit";
 
@@ -10,6 +14,17 @@ pub const FILTER: &str = "ratelimit";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub rules: Vec<Rule>,
+    #[serde(default)]
+    pub on_missing_key: OnMissingKey,
+    #[serde(default)]
+    pub response: Response,
+    pub global: Option<Global>,
+    /// Most buckets kept in shared data at once; past it, new keys are admitted without a bucket (fail open).
+    #[serde(default = "default_max_keys")]
+    pub max_keys: u32,
+    /// How often idle buckets are looked for and removed.
+    #[serde(default = "default_cleanup_interval")]
+    pub cleanup_interval: DurationStr,
 }
 
 #[derive(Debug, Deserialize)]
@@ -18,6 +33,163 @@ pub struct Rule {
     pub name: String,
     #[serde(rename = "match", default)]
     pub matcher: RouteMatch,
+    /// What the bucket is per; empty: one bucket for every matching request.
+    #[serde(default)]
+    pub key: Vec<KeyPart>,
+    /// Local limits, enforced in this Envoy across all its workers.
+    #[serde(default)]
+    pub limits: Vec<Limit>,
+    /// Also ask the rate-limit service configured in `global` (one descriptor from this rule's key parts).
+    #[serde(default)]
+    pub global: bool,
+    /// Count and log what would be limited, never reject.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// One part of a rule's key: `"client_ip"`, `"path"`, `"method"`, `"route"`, `{"header": name}`,
+/// `{"query": name}` or `{"literal": value}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    Header(String),
+    Query(String),
+    Literal(String),
+    Named(NamedPart),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedPart {
+    /// Envoy's `source.address` without the port: the peer of this connection, never a header.
+    ClientIp,
+    Path,
+    Method,
+    /// Envoy's `xds.route_name`.
+    Route,
+}
+
+const KEY_PART_FORMS: &str =
+    r#"expected "client_ip", "path", "method", "route", {"header": NAME}, {"query": NAME} or {"literal": VALUE}"#;
+
+impl<'de> Deserialize<'de> for KeyPart {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let part = match &value {
+            serde_json::Value::String(name) => match name.as_str() {
+                "client_ip" => KeyPart::Named(NamedPart::ClientIp),
+                "path" => KeyPart::Named(NamedPart::Path),
+                "method" => KeyPart::Named(NamedPart::Method),
+                "route" => KeyPart::Named(NamedPart::Route),
+                _ => return Err(D::Error::custom(format!("unknown key part {name:?}, {KEY_PART_FORMS}"))),
+            },
+            serde_json::Value::Object(object) if object.len() == 1 => {
+                let (kind, argument) = object.iter().next().ok_or_else(|| D::Error::custom(KEY_PART_FORMS))?;
+                let argument =
+                    argument.as_str().ok_or_else(|| D::Error::custom(format!("{kind}: expected a string")))?;
+                match kind.as_str() {
+                    "header" => KeyPart::Header(header_name(argument).map_err(D::Error::custom)?),
+                    "query" => KeyPart::Query(argument.to_string()),
+                    "literal" => KeyPart::Literal(argument.to_string()),
+                    _ => return Err(D::Error::custom(format!("unknown key part {kind:?}, {KEY_PART_FORMS}"))),
+                }
+            }
+            _ => return Err(D::Error::custom(format!("invalid key part {value}, {KEY_PART_FORMS}"))),
+        };
+        Ok(part)
+    }
+}
+
+impl KeyPart {
+    /// The descriptor entry key this part becomes in a global request, and its name in logs.
+    pub fn name(&self) -> &str {
+        match self {
+            KeyPart::Header(name) | KeyPart::Query(name) => name,
+            KeyPart::Literal(_) => "literal",
+            KeyPart::Named(NamedPart::ClientIp) => "client_ip",
+            KeyPart::Named(NamedPart::Path) => "path",
+            KeyPart::Named(NamedPart::Method) => "method",
+            KeyPart::Named(NamedPart::Route) => "route",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub requests: u32,
+    pub per: DurationStr,
+    pub burst: Option<u32>,
+}
+
+impl Limit {
+    /// The burst (bucket size): `burst`, or `requests` when not set.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.requests)
+    }
+
+    /// Time to earn back one request: `per / requests`.
+    pub fn emission_interval(&self) -> Duration {
+        self.per.0 / self.requests.max(1)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissingKey {
+    /// The rule does not apply to a request that lacks a key part.
+    #[default]
+    Skip,
+    /// Such a request is rejected.
+    Deny,
+    /// Such requests share one bucket.
+    Share,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Response {
+    pub status: u32,
+    pub body: String,
+    /// Add `x-ratelimit-*` headers to allowed responses too.
+    pub headers: bool,
+}
+
+impl Default for Response {
+    fn default() -> Self {
+        Response { status: 429, body: "rate limited".to_string(), headers: false }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Global {
+    /// The Envoy cluster of the rate-limit service (gRPC, HTTP/2).
+    pub cluster: String,
+    pub domain: String,
+    #[serde(default = "default_global_timeout")]
+    pub timeout: DurationStr,
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    Allow,
+    Deny,
+}
+
+fn default_max_keys() -> u32 {
+    100_000
+}
+
+fn default_cleanup_interval() -> DurationStr {
+    DurationStr(Duration::from_secs(10))
+}
+
+fn default_global_timeout() -> DurationStr {
+    DurationStr(Duration::from_millis(20))
 }
 
 /// Parses and validates the plugin configuration.
@@ -25,39 +197,206 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
     let config: Config = config::parse(bytes)?;
     non_empty(&config.rules, "rules")?;
     for (i, rule) in config.rules.iter().enumerate() {
-        if rule.name.trim().is_empty() {
-            return Err(ConfigError::at(format!("rules[{i}].name"), "must not be empty"));
+        validate_rule(rule, config.global.is_some(), config.rules.get(..i).unwrap_or_default())
+            .map_err(|e| e.under(&format!("rules[{i}]")))?;
+    }
+    if !(200..=599).contains(&config.response.status) {
+        return Err(ConfigError::at(
+            "response.status",
+            format!("{} is not an HTTP error status", config.response.status),
+        ));
+    }
+    if config.max_keys == 0 {
+        return Err(ConfigError::at("max_keys", "must be at least 1"));
+    }
+    if config.cleanup_interval.0 < Duration::from_millis(10) {
+        return Err(ConfigError::at("cleanup_interval", "must be at least 10ms"));
+    }
+    if let Some(global) = &config.global {
+        if global.cluster.trim().is_empty() {
+            return Err(ConfigError::at("global.cluster", "must name the Envoy cluster of the rate-limit service"));
         }
-        if config.rules.iter().take(i).any(|earlier| earlier.name == rule.name) {
-            return Err(ConfigError::at(format!("rules[{i}].name"), format!("duplicate rule name {:?}", rule.name)));
+        if global.domain.trim().is_empty() {
+            return Err(ConfigError::at("global.domain", "must not be empty"));
+        }
+        if global.timeout.0.is_zero() {
+            return Err(ConfigError::at("global.timeout", "must be more than 0"));
         }
     }
     Ok(config)
+}
+
+fn validate_rule(rule: &Rule, has_global: bool, earlier: &[Rule]) -> Result<(), ConfigError> {
+    if rule.name.trim().is_empty() {
+        return Err(ConfigError::at("name", "must not be empty"));
+    }
+    if earlier.iter().any(|e| e.name == rule.name) {
+        return Err(ConfigError::at("name", format!("duplicate rule name {:?}", rule.name)));
+    }
+    if rule.global && !has_global {
+        return Err(ConfigError::at("global", "needs the top-level `global` rate-limit service"));
+    }
+    if rule.limits.is_empty() && !rule.global {
+        return Err(ConfigError::at("limits", "must not be empty (or set `global: true`)"));
+    }
+    for (j, limit) in rule.limits.iter().enumerate() {
+        let at = |field: &str| format!("limits[{j}].{field}");
+        if limit.requests == 0 {
+            return Err(ConfigError::at(at("requests"), "must be at least 1"));
+        }
+        if limit.per.0.is_zero() {
+            return Err(ConfigError::at(at("per"), "must be more than 0"));
+        }
+        if limit.emission_interval().is_zero() {
+            return Err(ConfigError::at(at("requests"), "more than one request per nanosecond cannot be measured"));
+        }
+        if limit.burst.is_some_and(|b| NonZeroU32::new(b).is_none()) {
+            return Err(ConfigError::at(at("burst"), "must be at least 1"));
+        }
+    }
+    for (j, part) in rule.key.iter().enumerate() {
+        if let KeyPart::Query(name) | KeyPart::Literal(name) = part {
+            if name.is_empty() {
+                return Err(ConfigError::at(format!("key[{j}]"), "must not be empty"));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const FULL: &str = r#"{
+      "rules": [{
+        "name": "free-tier",
+        "match": {"prefix": "/api", "methods": ["GET", "POST"], "headers": [{"name": "x-tier", "exact_match": "free"}]},
+        "key": [{"header": "X-Api-Key"}, "client_ip", {"query": "q"}, "path", "method", "route", {"literal": "v1"}],
+        "limits": [{"requests": 100, "per": "1s", "burst": 20}, {"requests": 1000, "per": "1h"}],
+        "shadow": false,
+        "global": true
+      }],
+      "on_missing_key": "share",
+      "response": {"status": 429, "body": "rate limited", "headers": true},
+      "global": {"cluster": "ratelimit", "domain": "edge", "timeout": "20ms", "on_error": "deny"}
+    }"#;
+
     #[test]
-    fn accepts_rules_with_matchers() {
-        let config = parse(br#"{"rules": [{"name": "a", "match": {"prefix": "/api"}}, {"name": "b"}]}"#).unwrap();
-        assert_eq!(config.rules.len(), 2);
-        assert_eq!(config.rules[1].name, "b");
+    fn accepts_the_documented_example() {
+        let config = parse(FULL.as_bytes()).unwrap();
+        let rule = &config.rules[0];
+        assert_eq!(
+            rule.key,
+            vec![
+                KeyPart::Header("x-api-key".into()),
+                KeyPart::Named(NamedPart::ClientIp),
+                KeyPart::Query("q".into()),
+                KeyPart::Named(NamedPart::Path),
+                KeyPart::Named(NamedPart::Method),
+                KeyPart::Named(NamedPart::Route),
+                KeyPart::Literal("v1".into()),
+            ]
+        );
+        assert_eq!(
+            rule.key.iter().map(KeyPart::name).collect::<Vec<_>>(),
+            ["x-api-key", "client_ip", "q", "path", "method", "route", "literal"]
+        );
+        assert_eq!(rule.limits[0].burst(), 20);
+        assert_eq!(rule.limits[1].burst(), 1000);
+        assert_eq!(rule.limits[0].emission_interval(), Duration::from_millis(10));
+        assert_eq!(config.on_missing_key, OnMissingKey::Share);
+        assert!(config.response.headers);
+        assert_eq!(config.global.as_ref().unwrap().on_error, OnError::Deny);
+        assert_eq!(config.max_keys, 100_000);
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(br#"{"rules": [{"name": "a", "limits": [{"requests": 1, "per": "1s"}]}]}"#).unwrap();
+        assert_eq!(config.on_missing_key, OnMissingKey::Skip);
+        assert_eq!(config.response.status, 429);
+        assert_eq!(config.response.body, "rate limited");
+        assert!(!config.response.headers);
+        assert_eq!(config.cleanup_interval.0, Duration::from_secs(10));
+        let global = parse(br#"{"rules": [{"name": "a", "global": true}], "global": {"cluster": "c", "domain": "d"}}"#)
+            .unwrap()
+            .global
+            .unwrap();
+        assert_eq!(global.timeout.0, Duration::from_millis(20));
+        assert_eq!(global.on_error, OnError::Allow);
     }
 
     #[test]
     fn rejects_bad_configs_naming_the_field() {
-        let cases: [(&[u8], &str); 5] = [
-            (br#"{"rules": []}"#, "rules: must not be empty"),
-            (b"", "missing field `rules`"),
-            (br#"{"rules": [{"name": " "}]}"#, "rules[0].name: must not be empty"),
-            (br#"{"rules": [{"name": "a"}, {"name": "a"}]}"#, r#"rules[1].name: duplicate rule name "a""#),
-            (br#"{"rules": [{"name": "a", "match": {"safe_regex": {"regex": "("}}}]}"#, "rules[0].match: safe_regex"),
+        let limit = r#""limits": [{"requests": 1, "per": "1s"}]"#;
+        let cases = [
+            (r#"{"rules": []}"#.to_string(), "rules: must not be empty"),
+            (
+                r#"{"rules": [{"name": "a", "limits": [{"requests": 0, "per": "1s"}]}]}"#.into(),
+                "rules[0].limits[0].requests: must be at least 1",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "limits": [{"requests": 1, "per": "1x"}]}]}"#.into(),
+                r#"rules[0].limits[0].per: invalid duration "1x""#,
+            ),
+            (
+                r#"{"rules": [{"name": "a", "limits": [{"requests": 1, "per": "0s"}]}]}"#.into(),
+                "rules[0].limits[0].per: must be more than 0",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "limits": [{"requests": 1, "per": "1s", "burst": 0}]}]}"#.into(),
+                "rules[0].limits[0].burst: must be at least 1",
+            ),
+            (
+                format!(r#"{{"rules": [{{"name": "a", {limit}, "key": ["user"]}}]}}"#),
+                r#"rules[0].key[0]: unknown key part "user", expected "client_ip""#,
+            ),
+            (
+                format!(r#"{{"rules": [{{"name": "a", {limit}, "key": [{{"cookie": "x"}}]}}]}}"#),
+                r#"rules[0].key[0]: unknown key part "cookie""#,
+            ),
+            (
+                format!(r#"{{"rules": [{{"name": "a", {limit}, "key": [{{"header": "a b"}}]}}]}}"#),
+                "rules[0].key[0]: invalid header name",
+            ),
+            (
+                format!(r#"{{"rules": [{{"name": "a", {limit}, "key": [{{"query": ""}}]}}]}}"#),
+                "rules[0].key[0]: must not be empty",
+            ),
+            (r#"{"rules": [{"name": "a"}]}"#.into(), "rules[0].limits: must not be empty"),
+            (r#"{"rules": [{"name": "a", "global": true}]}"#.into(), "rules[0].global: needs the top-level"),
+            (
+                format!(r#"{{"rules": [{{"name": "a", {limit}}}, {{"name": "a", {limit}}}]}}"#),
+                r#"rules[1].name: duplicate rule name "a""#,
+            ),
+            (
+                format!(r#"{{"rules": [{{"name": "a", {limit}, "match": {{"safe_regex": {{"regex": "("}}}}}}]}}"#),
+                "rules[0].match: safe_regex: invalid regex",
+            ),
+            (
+                format!(r#"{{"rules": [{{"name": "a", {limit}}}], "on_missing_key": "ignore"}}"#),
+                "on_missing_key: unknown variant `ignore`",
+            ),
+            (
+                format!(r#"{{"rules": [{{"name": "a", {limit}}}], "response": {{"status": 99}}}}"#),
+                "response.status: 99 is not an HTTP error status",
+            ),
+            (format!(r#"{{"rules": [{{"name": "a", {limit}}}], "max_keys": 0}}"#), "max_keys: must be at least 1"),
+            (
+                format!(r#"{{"rules": [{{"name": "a", {limit}}}], "global": {{"cluster": "", "domain": "d"}}}}"#),
+                "global.cluster: must name",
+            ),
+            (
+                format!(
+                    r#"{{"rules": [{{"name": "a", {limit}}}], "global": {{"cluster": "c", "domain": "d", "on_error": "retry"}}}}"#
+                ),
+                "global.on_error: unknown variant `retry`",
+            ),
         ];
         for (json, expected) in cases {
-            let err = parse(json).unwrap_err().to_string();
-            assert!(err.contains(expected), "{err} should contain {expected}");
+            let err = parse(json.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{json}\n  gave: {err}\n  expected: {expected}");
         }
     }
 }

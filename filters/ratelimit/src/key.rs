@@ -1,0 +1,119 @@
+//! Building a rule's key from a request.
+
+use std::borrow::Cow;
+use std::fmt::Write;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use shared::request::{query_param, split_path};
+use shared::RequestHeaders;
+
+use crate::config::{KeyPart, NamedPart};
+
+/// What the key parts need from a request beyond its headers.
+pub trait RequestFacts: RequestHeaders {
+    /// The downstream peer's address without the port.
+    fn client_ip(&self) -> Option<Cow<'_, str>>;
+}
+
+/// Values longer than this are replaced by a hash in bucket keys, to bound shared-data memory per key.
+const MAX_VALUE_IN_KEY: usize = 128;
+
+/// The value of each key part, in order, or the first part the request lacks.
+pub fn key_values<'p, R: RequestFacts + ?Sized>(parts: &'p [KeyPart], request: &R) -> Result<Vec<String>, &'p KeyPart> {
+    parts.iter().map(|part| part_value(part, request).ok_or(part)).collect()
+}
+
+fn part_value<R: RequestFacts + ?Sized>(part: &KeyPart, request: &R) -> Option<String> {
+    let value = match part {
+        KeyPart::Header(name) => request.header(name)?.into_owned(),
+        KeyPart::Query(name) => {
+            let path = request.header(":path")?;
+            query_param(split_path(&path).1, name)?.into_owned()
+        }
+        KeyPart::Literal(value) => value.clone(),
+        KeyPart::Named(NamedPart::ClientIp) => request.client_ip()?.into_owned(),
+        KeyPart::Named(NamedPart::Path) => split_path(&request.header(":path")?).0.to_string(),
+        KeyPart::Named(NamedPart::Method) => request.header(":method")?.into_owned(),
+        KeyPart::Named(NamedPart::Route) => request.route_name()?.into_owned(),
+    };
+    Some(value)
+}
+
+/// The shared-data key of a bucket: the limit's identity, then each value length-prefixed (so that no two
+/// different value lists give the same key). Long values are hashed.
+pub fn bucket_key(limit_id: &str, values: &[String]) -> String {
+    let mut key = String::with_capacity(limit_id.len() + values.iter().map(|v| v.len().min(24) + 4).sum::<usize>());
+    key.push_str(limit_id);
+    for value in values {
+        if value.len() > MAX_VALUE_IN_KEY {
+            // SipHash with fixed keys: the same in every worker VM, which run the same binary.
+            let mut hasher = DefaultHasher::new();
+            value.hash(&mut hasher);
+            let _ = write!(key, "|#{:016x}:{}", hasher.finish(), value.len());
+        } else {
+            let _ = write!(key, "|{}:{value}", value.len());
+        }
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Req(Vec<(String, String)>, Option<&'static str>);
+
+    impl RequestHeaders for Req {
+        fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+            self.0.header(name)
+        }
+        fn route_name(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed("r1"))
+        }
+    }
+
+    impl RequestFacts for Req {
+        fn client_ip(&self) -> Option<Cow<'_, str>> {
+            self.1.map(Cow::Borrowed)
+        }
+    }
+
+    fn req(pairs: &[(&str, &str)], ip: Option<&'static str>) -> Req {
+        Req(pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(), ip)
+    }
+
+    #[test]
+    fn values_of_every_part() {
+        let parts = vec![
+            KeyPart::Header("x-api-key".into()),
+            KeyPart::Query("tenant".into()),
+            KeyPart::Literal("v1".into()),
+            KeyPart::Named(NamedPart::ClientIp),
+            KeyPart::Named(NamedPart::Path),
+            KeyPart::Named(NamedPart::Method),
+            KeyPart::Named(NamedPart::Route),
+        ];
+        let r = req(&[(":path", "/a/b?tenant=t%201"), (":method", "GET"), ("x-api-key", "k1")], Some("10.0.0.1"));
+        assert_eq!(key_values(&parts, &r).unwrap(), ["k1", "t 1", "v1", "10.0.0.1", "/a/b", "GET", "r1"]);
+    }
+
+    #[test]
+    fn the_first_missing_part_is_reported() {
+        let parts = vec![KeyPart::Named(NamedPart::ClientIp), KeyPart::Header("x-api-key".into())];
+        let r = req(&[(":path", "/")], Some("1.2.3.4"));
+        assert_eq!(key_values(&parts, &r), Err(&parts[1]));
+        assert_eq!(key_values(&parts[..1], &req(&[], None)), Err(&parts[0]));
+        assert_eq!(key_values(&[KeyPart::Query("q".into())], &req(&[(":path", "/x")], None)).unwrap_err().name(), "q");
+    }
+
+    #[test]
+    fn bucket_keys_are_unambiguous_and_bounded() {
+        assert_eq!(bucket_key("p:r#0", &["a|1:b".into()]), "p:r#0|5:a|1:b");
+        assert_ne!(bucket_key("p", &["a|1:b".into()]), bucket_key("p", &["a".into(), "b".into()]));
+        let long = "x".repeat(10_000);
+        let key = bucket_key("p", std::slice::from_ref(&long));
+        assert!(key.len() < 40, "{key}");
+        assert_eq!(key, bucket_key("p", &[long]));
+        assert_ne!(key, bucket_key("p", &["y".repeat(10_000)]));
+    }
+}
