@@ -1,0 +1,197 @@
+//! What a publish attempt came to, and how the filter answers it: 202 when the server confirmed the publish,
+//! otherwise an error status that says where it failed. Each outcome is counted under its own metric.
+
+use crate::protocol::{self, ServerInfo};
+
+/// Why a request was not published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// 400: the request cannot make a valid subject or NATS headers. Nothing was sent.
+    InvalidRequest(String),
+    /// 413: the body is over `max_body`, or the message over the server's `max_payload`.
+    TooLarge(String),
+    /// 502: the server answered `-ERR` (its reason), or the tunnel answered something unexpected.
+    Rejected(String),
+    /// 503: the tunnel cluster is missing, or the server refused or dropped the connection.
+    Unavailable(String),
+    /// 504: no answer within `timeout`.
+    Timeout,
+}
+
+/// The events counted as `nats.<event>` (shown as `wasmcustom.nats.<event>` in Envoy's /stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Published,
+    InvalidRequest,
+    TooLarge,
+    Rejected,
+    Unavailable,
+    Timeout,
+}
+
+impl Event {
+    pub const ALL: [Event; 6] =
+        [Event::Published, Event::InvalidRequest, Event::TooLarge, Event::Rejected, Event::Unavailable, Event::Timeout];
+
+    pub fn metric(self) -> &'static str {
+        match self {
+            Event::Published => "published",
+            Event::InvalidRequest => "invalid_request",
+            Event::TooLarge => "too_large",
+            Event::Rejected => "rejected",
+            Event::Unavailable => "unavailable",
+            Event::Timeout => "timeout",
+        }
+    }
+
+    /// The index into [`Event::ALL`] (for metric tables).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Failure {
+    pub fn status(&self) -> u32 {
+        match self {
+            Failure::InvalidRequest(_) => 400,
+            Failure::TooLarge(_) => 413,
+            Failure::Rejected(_) => 502,
+            Failure::Unavailable(_) => 503,
+            Failure::Timeout => 504,
+        }
+    }
+
+    pub fn event(&self) -> Event {
+        match self {
+            Failure::InvalidRequest(_) => Event::InvalidRequest,
+            Failure::TooLarge(_) => Event::TooLarge,
+            Failure::Rejected(_) => Event::Rejected,
+            Failure::Unavailable(_) => Event::Unavailable,
+            Failure::Timeout => Event::Timeout,
+        }
+    }
+
+    /// The message for the client (no secrets: NATS's reasons do not carry credentials).
+    pub fn message(&self) -> String {
+        match self {
+            Failure::InvalidRequest(why) | Failure::TooLarge(why) | Failure::Unavailable(why) => why.clone(),
+            Failure::Rejected(why) => why.clone(),
+            Failure::Timeout => "no answer from the NATS server within the timeout".to_string(),
+        }
+    }
+}
+
+/// What came back from the tunnel call.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelResponse<'a> {
+    /// The HTTP status, `None` when the call failed without a response (reset, or the timeout after the tunnel
+    /// had already answered its headers).
+    pub status: Option<u32>,
+    pub body: &'a [u8],
+    pub elapsed_nanos: u64,
+    pub timeout_nanos: u64,
+}
+
+/// Classifies the tunnel's answer; also returns the server's `INFO` when there was one.
+pub fn classify(response: &TunnelResponse<'_>) -> (Result<(), Failure>, Option<ServerInfo>) {
+    let status = match response.status {
+        Some(status) => status,
+        None => {
+            // Envoy reports a timeout after the tunnel's 200 as a failed call without headers, like a reset.
+            // Only the clock tells them apart.
+            let timed_out = response.elapsed_nanos.saturating_mul(10) >= response.timeout_nanos.saturating_mul(9);
+            let failure = if timed_out {
+                Failure::Timeout
+            } else {
+                Failure::Unavailable("the connection to the NATS server was reset".to_string())
+            };
+            return (Err(failure), None);
+        }
+    };
+    match status {
+        200 => {}
+        503 => {
+            return (Err(Failure::Unavailable("the NATS server is unavailable (connection failed)".to_string())), None)
+        }
+        504 => return (Err(Failure::Timeout), None),
+        other => return (Err(Failure::Rejected(format!("the NATS tunnel answered HTTP {other}"))), None),
+    }
+    let answer = protocol::parse_answer(response.body);
+    let result = match (&answer.error, answer.pong) {
+        (Some(reason), _) if protocol::is_max_payload_error(reason) => {
+            Err(Failure::TooLarge(format!("the NATS server refused the message: {reason}")))
+        }
+        (Some(reason), _) => Err(Failure::Rejected(format!("the NATS server refused the publish: {reason}"))),
+        (None, true) => Ok(()),
+        (None, false) if answer.info.is_none() && response.body.is_empty() => {
+            Err(Failure::Unavailable("the NATS server closed the connection without answering".to_string()))
+        }
+        (None, false) => {
+            Err(Failure::Rejected("the NATS server closed the connection before confirming the publish".to_string()))
+        }
+    };
+    (result, answer.info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn call(status: Option<u32>, body: &[u8], elapsed_nanos: u64) -> (Result<(), Failure>, Option<ServerInfo>) {
+        classify(&TunnelResponse { status, body, elapsed_nanos, timeout_nanos: 2 * SECOND })
+    }
+
+    #[test]
+    fn pong_is_published_and_info_is_returned() {
+        let (result, info) = call(Some(200), b"INFO {\"max_payload\":64}\r\nPONG\r\n", 1000);
+        assert_eq!(result, Ok(()));
+        assert_eq!(info.and_then(|i| i.max_payload), Some(64));
+    }
+
+    #[test]
+    fn errors_map_to_statuses() {
+        type Case = (Option<u32>, &'static [u8], u64, u32, &'static str);
+        let cases: Vec<Case> = vec![
+            (Some(200), b"INFO {}\r\n-ERR 'Authorization Violation'\r\n", 1, 502, "Authorization Violation"),
+            (
+                Some(200),
+                b"INFO {}\r\n-ERR 'Permissions Violation for Publish to \"a\"'\r\nPONG\r\n",
+                1,
+                502,
+                "Permissions",
+            ),
+            (Some(200), b"INFO {}\r\n-ERR 'Maximum Payload Violation'\r\n", 1, 413, "Maximum Payload Violation"),
+            (Some(200), b"INFO {}\r\n", 1, 502, "before confirming"),
+            (Some(200), b"", 1, 503, "without answering"),
+            (Some(503), b"upstream connect error", 1, 503, "unavailable"),
+            (Some(504), b"", 1, 504, "within the timeout"),
+            (Some(404), b"", 1, 502, "HTTP 404"),
+            (None, b"", SECOND, 503, "reset"),
+            (None, b"", 2 * SECOND, 504, "within the timeout"),
+            (None, b"", 2 * SECOND - 1, 504, "within the timeout"),
+        ];
+        for (status, body, elapsed, expected_status, expected_message) in cases {
+            let (result, _) = call(status, body, elapsed);
+            let failure = result.unwrap_err();
+            assert_eq!(failure.status(), expected_status, "{status:?} {:?}", String::from_utf8_lossy(body));
+            assert!(failure.message().contains(expected_message), "{}", failure.message());
+        }
+    }
+
+    #[test]
+    fn events_and_metric_names() {
+        let names: Vec<&str> = Event::ALL.iter().map(|e| e.metric()).collect();
+        assert_eq!(names, ["published", "invalid_request", "too_large", "rejected", "unavailable", "timeout"]);
+        for (i, event) in Event::ALL.iter().enumerate() {
+            assert_eq!(event.index(), i);
+        }
+        assert_eq!(Failure::Timeout.event(), Event::Timeout);
+        assert_eq!(Failure::InvalidRequest("x".into()).event(), Event::InvalidRequest);
+        assert_eq!(Failure::InvalidRequest("x".into()).status(), 400);
+        assert_eq!(Failure::TooLarge("x".into()).event(), Event::TooLarge);
+        assert_eq!(Failure::Rejected("x".into()).event(), Event::Rejected);
+        assert_eq!(Failure::Unavailable("x".into()).event(), Event::Unavailable);
+    }
+}
