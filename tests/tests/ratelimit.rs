@@ -1,0 +1,303 @@
+//! The ratelimit filter through real Envoy (two workers): exact limits across workers, headers, shadow mode,
+//! gRPC status, key handling, idle-bucket cleanup and the key cap, and global limits through a real rate-limit
+//! service (tonic + limitador) shared by two Envoys.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::rls::{limit_per_entry, proto, Mode, RateLimitServer};
+use integration_tests::{EchoUpstream, Envoy, EnvoyConfig};
+use serde_json::{json, Value};
+
+const RLS_PORT: u16 = 8089;
+const GRPC_UPSTREAM_PORT: u16 = 8090;
+
+fn start(echo: &EchoUpstream, config: Value) -> Envoy {
+    EnvoyConfig::new("ratelimit.yaml").upstream(8081, echo.port()).plugin_config("ratelimit", config).start()
+}
+
+fn counter(envoy: &Envoy, rule: &str, event: &str) -> u64 {
+    envoy.stat(&format!("wasmcustom.ratelimit.{rule}.{event}")).unwrap_or(0)
+}
+
+/// Sends requests from `connections` concurrent clients (one connection each) for `duration`; returns
+/// (admitted, rejected, elapsed from the first send to the last answer).
+async fn hammer(url: &str, api_key: Option<&str>, connections: usize, duration: Duration) -> (u64, u64, Duration) {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let url = url.to_string();
+        let key = api_key.map(str::to_string);
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+            let (mut ok, mut limited) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let mut request = client.get(&url);
+                if let Some(key) = &key {
+                    request = request.header("x-api-key", key);
+                }
+                match request.send().await.unwrap().status().as_u16() {
+                    200 => ok += 1,
+                    429 => limited += 1,
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+            (ok, limited)
+        }));
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for task in tasks {
+        let (o, l) = task.await.unwrap();
+        ok += o;
+        limited += l;
+    }
+    (ok, limited, started.elapsed())
+}
+
+/// Asserts the GCRA bound: admitted <= R*T + B, and no more than 1% below it.
+fn assert_exact(label: &str, admitted: u64, rate: f64, burst: f64, elapsed: Duration) {
+    let ceiling = rate * elapsed.as_secs_f64() + burst;
+    println!("{label}: admitted {admitted} in {:.3}s; R*T + B = {ceiling:.1}", elapsed.as_secs_f64());
+    assert!((admitted as f64) <= ceiling, "{label}: admitted {admitted} > R*T + B = {ceiling:.1}");
+    assert!((admitted as f64) >= ceiling * 0.99 - 1.0, "{label}: admitted {admitted} < 99% of {ceiling:.1}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limit_is_exact_across_workers() {
+    let echo = EchoUpstream::start();
+    let config = json!({"rules": [{"name": "all", "limits": [{"requests": 100, "per": "1s", "burst": 20}]}]});
+    let envoy = start(&echo, config);
+    let (admitted, rejected, elapsed) =
+        hammer(&format!("{}/x", envoy.url("front")), None, 16, Duration::from_secs(3)).await;
+    assert!(rejected > admitted, "the load must exceed the limit (admitted {admitted}, rejected {rejected})");
+    assert_exact("one bucket", admitted, 100.0, 20.0, elapsed);
+    assert_eq!(counter(&envoy, "all", "allowed"), admitted);
+    assert_eq!(counter(&envoy, "all", "limited"), rejected);
+    // Both workers took connections, so the bucket really was shared.
+    for worker in ["worker_0", "worker_1"] {
+        // Listener stats are named after the configured address (port 0: the kernel picked the real one).
+        let stat = format!("listener.127.0.0.1_0.{worker}.downstream_cx_total");
+        assert!(
+            envoy.stat(&stat).unwrap_or(0) > 0,
+            "{stat} is 0: {:?}",
+            envoy.stats().keys().filter(|k| k.contains("worker")).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_key_limits_are_exact_for_two_keys_at_once() {
+    let echo = EchoUpstream::start();
+    let config = json!({"rules": [{"name": "per-key", "key": [{"header": "x-api-key"}],
+                                   "limits": [{"requests": 50, "per": "1s", "burst": 10}]}]});
+    let envoy = start(&echo, config);
+    let url = format!("{}/x", envoy.url("front"));
+    let (a, b) = tokio::join!(
+        hammer(&url, Some("key-a"), 8, Duration::from_secs(3)),
+        hammer(&url, Some("key-b"), 8, Duration::from_secs(3))
+    );
+    assert_exact("key-a", a.0, 50.0, 10.0, a.2);
+    assert_exact("key-b", b.0, 50.0, 10.0, b.2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limited_requests_get_status_retry_after_and_ratelimit_headers() {
+    let echo = EchoUpstream::start();
+    let config = json!({"rules": [{"name": "slow", "limits": [{"requests": 2, "per": "10s"}]}],
+                        "response": {"status": 429, "body": "slow down", "headers": true}});
+    let envoy = start(&echo, config);
+    let url = format!("{}/x", envoy.url("front"));
+    let first = reqwest::get(&url).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-ratelimit-limit"], "2");
+    assert_eq!(first.headers()["x-ratelimit-remaining"], "1");
+    assert_eq!(first.headers()["x-ratelimit-reset"], "5");
+    let second = reqwest::get(&url).await.unwrap();
+    assert_eq!(second.headers()["x-ratelimit-remaining"], "0");
+    let third = reqwest::get(&url).await.unwrap();
+    assert_eq!(third.status(), 429);
+    let headers = third.headers().clone();
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((4..=5).contains(&retry_after), "retry-after {retry_after}: the next request is earned 5s after the first");
+    assert_eq!(headers["x-ratelimit-limit"], "2");
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+    let reset: u64 = headers["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
+    assert!((9..=10).contains(&reset), "reset {reset}");
+    assert_eq!(third.json::<Value>().await.unwrap(), json!({"error": "slow down", "filter": "ratelimit"}));
+    assert_eq!(echo.received().len(), 2, "the limited request must not reach the upstream");
+    assert_eq!((counter(&envoy, "slow", "allowed"), counter(&envoy, "slow", "limited")), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shadow_rules_count_but_never_reject() {
+    let echo = EchoUpstream::start();
+    let config = json!({"rules": [{"name": "trial", "shadow": true, "limits": [{"requests": 1, "per": "1m"}]}]});
+    let envoy = start(&echo, config);
+    for _ in 0..5 {
+        assert_eq!(reqwest::get(format!("{}/x", envoy.url("front"))).await.unwrap().status(), 200);
+    }
+    assert_eq!(counter(&envoy, "trial", "shadow_limited"), 4);
+    assert_eq!(counter(&envoy, "trial", "limited"), 0);
+    assert_eq!(counter(&envoy, "trial", "allowed"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_clients_get_resource_exhausted() {
+    let echo = EchoUpstream::start();
+    let upstream = RateLimitServer::start(vec![], Mode::Answer); // any real gRPC service will do as the upstream
+    let config =
+        json!({"rules": [{"name": "grpc", "match": {"route_name": "grpc"}, "limits": [{"requests": 1, "per": "1m"}]}]});
+    let envoy = EnvoyConfig::new("ratelimit.yaml")
+        .upstream(8081, echo.port())
+        .upstream(GRPC_UPSTREAM_PORT, upstream.port())
+        .plugin_config("ratelimit", config)
+        .start();
+    let mut client =
+        proto::rate_limit_service_client::RateLimitServiceClient::connect(envoy.url("front")).await.unwrap();
+    let request = || proto::RateLimitRequest { domain: "d".into(), descriptors: vec![], hits_addend: 1 };
+    client.should_rate_limit(request()).await.expect("first call passes");
+    let status = client.should_rate_limit(request()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.message(), "rate limited");
+    assert_eq!(upstream.calls(), 1);
+    // The rule matched by route name only: plain HTTP requests are not counted.
+    assert_eq!(reqwest::get(format!("{}/x", envoy.url("front"))).await.unwrap().status(), 200);
+    assert_eq!(counter(&envoy, "grpc", "allowed") + counter(&envoy, "grpc", "limited"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_ip_is_the_peer_not_a_forwarded_header_and_missing_keys_follow_the_policy() {
+    let echo = EchoUpstream::start();
+    let config = json!({
+        "rules": [
+            {"name": "by-ip", "match": {"prefix": "/ip"}, "key": ["client_ip"], "limits": [{"requests": 1, "per": "1m"}]},
+            {"name": "by-key", "match": {"prefix": "/key"}, "key": [{"header": "x-api-key"}], "limits": [{"requests": 1, "per": "1m"}]}
+        ],
+        "on_missing_key": "deny"
+    });
+    let envoy = start(&echo, config);
+    let client = reqwest::Client::new();
+    let get = |path: &str, header: Option<(&str, &str)>| {
+        let mut request = client.get(format!("{}{path}", envoy.url("front")));
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    assert_eq!(get("/ip", Some(("x-forwarded-for", "1.1.1.1"))).await.unwrap().status(), 200);
+    assert_eq!(
+        get("/ip", Some(("x-forwarded-for", "2.2.2.2"))).await.unwrap().status(),
+        429,
+        "a spoofed XFF must not buy a new bucket"
+    );
+    assert_eq!(get("/key", None).await.unwrap().status(), 429, "on_missing_key: deny");
+    assert_eq!(counter(&envoy, "by-key", "missing_key"), 1);
+    assert_eq!(get("/key", Some(("x-api-key", "a"))).await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_buckets_are_removed_and_the_key_cap_holds() {
+    let echo = EchoUpstream::start();
+    let config = json!({"rules": [{"name": "per-key", "key": [{"header": "x-api-key"}], "limits": [{"requests": 1, "per": "300ms"}]}],
+                        "max_keys": 3, "cleanup_interval": "100ms"});
+    let envoy = start(&echo, config);
+    let client = reqwest::Client::new();
+    let get = |key: String| client.get(format!("{}/x", envoy.url("front"))).header("x-api-key", key).send();
+    for key in ["k1", "k2", "k3"] {
+        assert_eq!(get(key.into()).await.unwrap().status(), 200);
+    }
+    // Past the cap, new keys are admitted without a bucket (fail open), and counted.
+    for _ in 0..3 {
+        assert_eq!(get("k4".into()).await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        counter(&envoy, "", "key_overflow").max(envoy.stat("wasmcustom.ratelimit.key_overflow").unwrap_or(0)),
+        3
+    );
+    assert!(envoy.wait_for_log("max_keys (3) reached"), "the overflow is logged");
+    assert_eq!(envoy.wait_for_stat("wasmcustom.ratelimit.keys", |n| n == 3), Some(3));
+    // Once idle, the buckets are removed on a tick, which makes room for k4.
+    assert_eq!(envoy.wait_for_stat("wasmcustom.ratelimit.keys", |n| n == 0), Some(0));
+    assert_eq!(get("k4".into()).await.unwrap().status(), 200);
+    assert_eq!(get("k4".into()).await.unwrap().status(), 429, "k4 now has a bucket");
+}
+
+fn global_config(on_error: &str, timeout: &str) -> Value {
+    json!({
+        "rules": [{"name": "global", "global": true, "key": [{"header": "x-api-key"}]}],
+        "global": {"cluster": "ratelimit", "domain": "edge", "timeout": timeout, "on_error": on_error}
+    })
+}
+
+fn start_global(echo: &EchoUpstream, rls_port: u16, config: Value) -> Envoy {
+    EnvoyConfig::new("ratelimit.yaml")
+        .upstream(8081, echo.port())
+        .upstream(RLS_PORT, rls_port)
+        .plugin_config("ratelimit", config)
+        .start()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_envoys_share_one_global_limit() {
+    let echo = EchoUpstream::start();
+    let rls = RateLimitServer::start(vec![limit_per_entry("edge", 5, 60, "x-api-key")], Mode::Answer);
+    let first = start_global(&echo, rls.port(), global_config("allow", "1s"));
+    let second = start_global(&echo, rls.port(), global_config("allow", "1s"));
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let envoy = if i % 2 == 0 { &first } else { &second };
+        let response =
+            client.get(format!("{}/x", envoy.url("front"))).header("x-api-key", "shared").send().await.unwrap();
+        if response.status() == 200 {
+            assert_eq!(response.headers()["x-rls-response"], "checked", "response_headers_to_add applied");
+        }
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429, 429, 429]);
+    assert_eq!(rls.calls(), 10);
+    // request_headers_to_add reached the upstream.
+    assert!(echo.received().iter().all(|r| r.header("x-rls-request") == Some("checked")));
+    assert_eq!(echo.received().len(), 5);
+    // Another key has its own global bucket.
+    let other = client.get(format!("{}/x", first.url("front"))).header("x-api-key", "other").send().await.unwrap();
+    assert_eq!(other.status(), 200);
+    let limited = counter(&first, "global", "limited") + counter(&second, "global", "limited");
+    assert_eq!(limited, 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_rate_limit_service_follows_on_error() {
+    let echo = EchoUpstream::start();
+    // Down: nothing listens on the service's port.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let allow = start_global(&echo, down, global_config("allow", "200ms"));
+    let deny = start_global(&echo, down, global_config("deny", "200ms"));
+    let client = reqwest::Client::new();
+    let get = |envoy: &Envoy| client.get(format!("{}/x", envoy.url("front"))).header("x-api-key", "k").send();
+    assert_eq!(get(&allow).await.unwrap().status(), 200);
+    let denied = get(&deny).await.unwrap();
+    assert_eq!(denied.status(), 500);
+    let body: Value = denied.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().starts_with("rate-limit service unavailable"), "{body}");
+    assert_eq!(counter(&allow, "global", "global_errors"), 1);
+    assert_eq!(counter(&deny, "global", "global_errors"), 1);
+
+    // Slow: the service answers after the filter's timeout.
+    let slow =
+        RateLimitServer::start(vec![limit_per_entry("edge", 1, 60, "x-api-key")], Mode::Slow(Duration::from_secs(2)));
+    let envoy = start_global(&echo, slow.port(), global_config("allow", "100ms"));
+    assert_eq!(get(&envoy).await.unwrap().status(), 200);
+    assert_eq!(counter(&envoy, "global", "global_errors"), 1);
+    assert!(envoy.log().contains("rate-limit service ratelimit"), "the failure is logged");
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_the_field_named() {
+    let echo = EchoUpstream::start();
+    let log = EnvoyConfig::new("ratelimit.yaml")
+        .upstream(8081, echo.port())
+        .plugin_config("ratelimit", r#"{"rules": [{"name": "a", "limits": [{"requests": 0, "per": "1s"}]}]}"#)
+        .start_expecting_failure();
+    assert!(log.contains("ratelimit: invalid configuration: rules[0].limits[0].requests: must be at least 1"), "{log}");
+}
