@@ -94,17 +94,25 @@ async fn configuration_reloads_without_restart_and_bad_updates_are_refused() {
     let echo = EchoUpstream::start();
     let envoy =
         EnvoyConfig::new("reload-bootstrap.yaml").lds("reload-listener.yaml").upstream(8081, echo.port()).start();
-    let get = || async { reqwest::get(format!("{}/r", envoy.url("front"))).await.unwrap().status() };
+    let get_path = |path: &'static str| {
+        let url = format!("{}{path}", envoy.url("front"));
+        async move { reqwest::get(url).await.unwrap().status() }
+    };
+    let get = || get_path("/r");
     assert_eq!(get().await, 200);
     assert_eq!(envoy.stat("wasmcustom.ratelimit.rules"), Some(1));
     let successes = envoy.stat("listener_manager.lds.update_success").unwrap();
 
     // A good new filter configuration applies without a restart.
-    let two_rules = r#"{"rules": [{"name": "a", "match": {"prefix": "/a"}}, {"name": "b"}]}"#;
+    let two_rules = r#"{"rules": [{"name": "a", "match": {"prefix": "/a"}, "limits": [{"requests": 1, "per": "1m"}]},
+                             {"name": "b", "limits": [{"requests": 1000, "per": "1s"}]}]}"#;
     envoy.update_lds("reload-listener.yaml", &[("ratelimit", two_rules)]);
     assert_eq!(envoy.wait_for_stat("listener_manager.lds.update_success", |n| n > successes), Some(successes + 1));
     assert_eq!(envoy.wait_for_stat("wasmcustom.ratelimit.rules", |n| n == 2), Some(2));
     assert_eq!(get().await, 200);
+    // The new rule is enforced: one request per minute on /a.
+    assert_eq!(get_path("/a").await, 200);
+    assert_eq!(get_path("/a").await, 429);
 
     // A bad one is refused with the filter's own message, and the previous configuration keeps serving.
     let bad =
@@ -119,6 +127,7 @@ async fn configuration_reloads_without_restart_and_bad_updates_are_refused() {
     );
     assert!(envoy.log().contains("lds: listener 'front' config rejected"));
     assert_eq!(get().await, 200);
+    assert_eq!(get_path("/a").await, 429, "the previous configuration still limits /a");
     assert_eq!(envoy.stat("wasmcustom.ratelimit.rules"), Some(2));
     assert_eq!(envoy.stat("listener_manager.lds.update_success"), Some(successes + 1));
 }
