@@ -150,6 +150,9 @@ async fn limited_requests_get_status_retry_after_and_ratelimit_headers() {
     assert_eq!(third.json::<Value>().await.unwrap(), json!({"error": "slow down", "filter": "ratelimit"}));
     assert_eq!(echo.received().len(), 2, "the limited request must not reach the upstream");
     assert_eq!((counter(&envoy, "slow", "allowed"), counter(&envoy, "slow", "limited")), (2, 1));
+    // Prometheus output drops the `wasmcustom.` prefix.
+    let prometheus = envoy.admin_get("/stats/prometheus");
+    assert!(prometheus.lines().any(|l| l == "ratelimit_slow_limited{} 1"), "{prometheus}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
