@@ -26,6 +26,9 @@ pub struct EnvoyConfig {
     plugin_configs: BTreeMap<String, String>,
     env: Vec<(String, String)>,
     concurrency: u32,
+    http_filters: Option<Vec<Value>>,
+    cpu: Option<u32>,
+    log_level: &'static str,
 }
 
 impl EnvoyConfig {
@@ -38,6 +41,9 @@ impl EnvoyConfig {
             plugin_configs: BTreeMap::new(),
             env: Vec::new(),
             concurrency: 2,
+            http_filters: None,
+            cpu: None,
+            log_level: "info",
         }
     }
 
@@ -67,6 +73,24 @@ impl EnvoyConfig {
 
     pub fn concurrency(mut self, workers: u32) -> Self {
         self.concurrency = workers;
+        self
+    }
+
+    /// Replaces the HTTP filters of every HTTP connection manager (the router is added last).
+    pub fn http_filters(mut self, filters: Vec<Value>) -> Self {
+        self.http_filters = Some(filters);
+        self
+    }
+
+    /// Pins Envoy to one CPU core (`taskset`), for benchmarks.
+    pub fn cpu(mut self, core: u32) -> Self {
+        self.cpu = Some(core);
+        self
+    }
+
+    /// Envoy's log level (default `info`; benchmarks use `warn`).
+    pub fn log_level(mut self, level: &'static str) -> Self {
+        self.log_level = level;
         self
     }
 
@@ -123,11 +147,19 @@ impl EnvoyConfig {
         let log_path = dir.path().join("envoy.log");
         let log_file = fs::File::create(&log_path).expect("log file");
         let admin_path = dir.path().join("admin-address");
-        let child = Command::new(paths::envoy_bin())
+        let mut command = match self.cpu {
+            Some(core) => {
+                let mut taskset = Command::new("taskset");
+                taskset.args(["-c", &core.to_string()]).arg(paths::envoy_bin());
+                taskset
+            }
+            None => Command::new(paths::envoy_bin()),
+        };
+        let child = command
             .current_dir(paths::project_root())
             .arg("-c")
             .arg(&config_path)
-            .args(["--use-dynamic-base-id", "--concurrency", &self.concurrency.to_string(), "-l", "info"])
+            .args(["--use-dynamic-base-id", "--concurrency", &self.concurrency.to_string(), "-l", self.log_level])
             .arg("--admin-address-path")
             .arg(&admin_path)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -157,6 +189,17 @@ impl EnvoyConfig {
         }
         if let Some(Value::String(path)) = config.pointer_mut("/dynamic_resources/lds_config/path_config_source/path") {
             *path = lds_path.display().to_string();
+        }
+        if let Some(filters) = &self.http_filters {
+            let router = serde_json::json!({"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}});
+            walk(&mut config, &mut |object| {
+                if object.contains_key("http_filters") && object.contains_key("stat_prefix") {
+                    let mut chain = filters.clone();
+                    chain.push(router.clone());
+                    object.insert("http_filters".into(), Value::Array(chain));
+                }
+            });
         }
         walk(&mut config, &mut |object| {
             // Cluster endpoints: to the test's upstream ports.
@@ -230,6 +273,11 @@ impl Envoy {
 
     pub fn port(&self, listener: &str) -> u16 {
         *self.listeners.get(listener).unwrap_or_else(|| panic!("no listener {listener:?}: {:?}", self.listeners))
+    }
+
+    /// The Envoy process id (for CPU accounting in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn admin_address(&self) -> SocketAddr {

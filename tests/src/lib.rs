@@ -5,8 +5,11 @@
 //! temporary directory), so tests run in parallel without sharing ports or files.
 
 pub mod admin;
+pub mod bench;
 pub mod echo;
 pub mod envoy;
+pub mod moto;
+pub mod nats_server;
 pub mod paths;
 pub mod rls;
 

@@ -1,0 +1,320 @@
+//! `envoy-test/bench`: what each filter costs in Envoy, side by side with Envoy's native filters, in one run.
+//!
+//! For every scenario and Envoy concurrency (1 and 2 workers), four Envoys run at once, pinned to core 0: no
+//! filter (baseline), the no-op Wasm filter (the floor the proxy-wasm ABI costs), Envoy's native filter doing
+//! the same work, and ours. They are loaded in interleaved rounds (A B C D, B C D A, ...) with the same request
+//! count each, from this process pinned to core 1, so that the machine's noise falls on all of them alike.
+//! Envoy's CPU time per request comes from /proc; the report gives medians with min–max over the rounds.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use integration_tests::bench::{rss_kib, run_round, RequestSpec, Round, Spread};
+use integration_tests::paths::{project_root, wasm_dir};
+use integration_tests::rls::{Mode, RateLimitServer};
+use integration_tests::{Envoy, EnvoyConfig};
+use serde_json::{json, Value};
+
+const RLS_PORT: u16 = 8089;
+
+struct Settings {
+    rounds: usize,
+    requests: u64,
+    warmup: u64,
+    connections: usize,
+}
+
+/// One filter chain to measure.
+struct Variant {
+    name: &'static str,
+    filters: Vec<Value>,
+}
+
+struct Scenario {
+    name: &'static str,
+    request: RequestSpec,
+    native_name: &'static str,
+    native: Vec<Value>,
+    ours: Vec<Value>,
+    /// Header-only work: the target is added CPU at most 1.5x the floor.
+    header_only: bool,
+}
+
+struct Measured {
+    scenario: &'static str,
+    concurrency: u32,
+    native_name: &'static str,
+    header_only: bool,
+    variants: Vec<(&'static str, Vec<Round>)>,
+}
+
+fn wasm_filter(name: &str, config: &Value) -> Value {
+    json!({"name": name, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": name, "root_id": name,
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config.to_string()},
+            "vm_config": {"vm_id": name, "runtime": "envoy.wasm.runtime.v8",
+                          "code": {"local": {"filename": format!("target/wasm32-wasip1/release/{name}.wasm")}}}
+        }
+    }})
+}
+
+fn get(path: &str, headers: &[(&str, &str)]) -> RequestSpec {
+    RequestSpec {
+        method: "GET",
+        path: path.to_string(),
+        headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+        body: Vec::new(),
+        expect: 200,
+    }
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let huge = json!({"requests": 1_000_000_000u64, "per": "1s"});
+    let mut list = vec![
+        Scenario {
+            name: "rate limit, allowed path, per-header key",
+            request: get("/api/items", &[("x-api-key", "key-1")]),
+            native_name: "local_ratelimit (descriptor on x-api-key)",
+            native: vec![json!({"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                "stat_prefix": "local_rl",
+                "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
+                "filter_enabled": {"runtime_key": "rl_enabled", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+                "filter_enforced": {"runtime_key": "rl_enforced", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+                "descriptors": [{"entries": [{"key": "api_key"}],
+                                 "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"}}],
+                "max_dynamic_descriptors": 100_000
+            }})],
+            ours: vec![wasm_filter(
+                "ratelimit",
+                &json!({"rules": [{"name": "per-key", "key": [{"header": "x-api-key"}], "limits": [huge]}]}),
+            )],
+            header_only: true,
+        },
+        Scenario {
+            name: "rate limit, global (rate-limit service)",
+            request: get("/api/items", &[("x-api-key", "key-1")]),
+            native_name: "ratelimit (same RLS server)",
+            native: vec![json!({"name": "envoy.filters.http.ratelimit", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+                "domain": "edge", "timeout": "1s",
+                "rate_limit_service": {"transport_api_version": "V3", "grpc_service": {"envoy_grpc": {"cluster_name": "ratelimit"}}}
+            }})],
+            ours: vec![wasm_filter(
+                "ratelimit",
+                &json!({
+                "rules": [{"name": "global", "key": [{"header": "x-api-key"}], "global": true}],
+                "global": {"cluster": "ratelimit", "domain": "edge", "timeout": "1s"}}),
+            )],
+            header_only: true,
+        },
+    ];
+    list.retain(|s| !s.ours.is_empty());
+    list
+}
+
+fn start(variant: &Variant, upstream_port: u16, rls_port: u16, concurrency: u32) -> Envoy {
+    EnvoyConfig::new("bench.yaml")
+        .upstream(8081, upstream_port)
+        .upstream(RLS_PORT, rls_port)
+        .http_filters(variant.filters.clone())
+        .concurrency(concurrency)
+        .cpu(0)
+        .log_level("warn")
+        .start()
+}
+
+async fn measure(scenario: &Scenario, concurrency: u32, upstream: u16, rls: u16, settings: &Settings) -> Measured {
+    let noop = wasm_filter("noop", &json!({}));
+    let variants = [
+        Variant { name: "baseline (no filter)", filters: vec![] },
+        Variant { name: "no-op wasm (floor)", filters: vec![noop] },
+        Variant { name: "native", filters: scenario.native.clone() },
+        Variant { name: "ours", filters: scenario.ours.clone() },
+    ];
+    let envoys: Vec<Envoy> = variants.iter().map(|v| start(v, upstream, rls, concurrency)).collect();
+    for envoy in &envoys {
+        let warm =
+            run_round(envoy.port("front"), envoy.pid(), &scenario.request, settings.warmup, settings.connections).await;
+        assert_eq!(warm.unexpected, 0, "{}: unexpected answers while warming up:\n{}", scenario.name, envoy.log());
+    }
+    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); variants.len()];
+    for round in 0..settings.rounds {
+        for offset in 0..variants.len() {
+            let i = (round + offset) % variants.len();
+            let envoy = &envoys[i];
+            let result =
+                run_round(envoy.port("front"), envoy.pid(), &scenario.request, settings.requests, settings.connections)
+                    .await;
+            assert_eq!(result.unexpected, 0, "{} / {}: unexpected answers", scenario.name, variants[i].name);
+            rounds[i].push(result);
+        }
+    }
+    Measured {
+        scenario: scenario.name,
+        concurrency,
+        native_name: scenario.native_name,
+        header_only: scenario.header_only,
+        variants: variants.iter().map(|v| v.name).zip(rounds).collect(),
+    }
+}
+
+/// Added CPU per request over the baseline, round by round (same round: same machine state).
+fn added(rounds: &[Round], baseline: &[Round]) -> Spread {
+    let diffs: Vec<f64> =
+        rounds.iter().zip(baseline).map(|(r, b)| r.cpu_us_per_request - b.cpu_us_per_request).collect();
+    Spread::of(&diffs)
+}
+
+fn report_scenario(out: &mut String, m: &Measured) -> String {
+    let _ = writeln!(out, "\n### {} — concurrency {}\n", m.scenario, m.concurrency);
+    let _ = writeln!(out, "| variant | Envoy CPU µs/req | added µs/req over baseline | req/s | p50 µs | p99 µs |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let baseline = &m.variants[0].1;
+    for (name, rounds) in &m.variants {
+        let name = if *name == "native" { m.native_name } else { name };
+        let cpu = Spread::of(&rounds.iter().map(|r| r.cpu_us_per_request).collect::<Vec<_>>());
+        let rps = Spread::of(&rounds.iter().map(|r| r.requests_per_second).collect::<Vec<_>>());
+        let p50 = Spread::of(&rounds.iter().map(|r| r.p50_us).collect::<Vec<_>>());
+        let p99 = Spread::of(&rounds.iter().map(|r| r.p99_us).collect::<Vec<_>>());
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {:.0} | {:.0} |",
+            cpu.show(1),
+            added(rounds, baseline).show(1),
+            rps.show(0),
+            p50.median,
+            p99.median
+        );
+    }
+    let floor = added(&m.variants[1].1, baseline);
+    let native = added(&m.variants[2].1, baseline);
+    let ours = added(&m.variants[3].1, baseline);
+    let ratio =
+        |a: &Spread, b: &Spread| if b.median > 0.0 { format!("{:.2}", a.median / b.median) } else { "n/a".into() };
+    let vs_native = if ours.overlaps(&native) {
+        format!("{} (ranges overlap: within noise)", ratio(&ours, &native))
+    } else {
+        ratio(&ours, &native)
+    };
+    let target = if m.header_only {
+        let met = ours.median <= 1.5 * floor.median;
+        format!("added ≤ 1.5× floor: {}", if met { "met" } else { "**missed**" })
+    } else {
+        let met = ours.median <= native.median + floor.median;
+        format!("added ≤ native + floor: {}", if met { "met" } else { "**missed**" })
+    };
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        m.scenario,
+        m.concurrency,
+        floor.show(1),
+        native.show(1),
+        ours.show(1),
+        vs_native,
+        ratio(&ours, &floor),
+        target
+    )
+}
+
+/// Envoy's start-to-ready time (ms) and resident memory (MiB), median of three starts.
+fn startup(file: &str, upstream: u16, rls: u16) -> (f64, f64) {
+    let mut times = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let envoy = EnvoyConfig::new(file).upstream(8081, upstream).upstream(RLS_PORT, rls).log_level("warn").start();
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        rss.push(rss_kib(envoy.pid()) as f64 / 1024.0);
+    }
+    (Spread::of(&times).median, Spread::of(&rss).median)
+}
+
+fn envoy_version() -> String {
+    let output = std::process::Command::new(integration_tests::paths::envoy_bin()).arg("--version").output();
+    let text = output.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    text.split_whitespace().find(|w| w.contains("/RELEASE") || w.contains('/')).unwrap_or("unknown").to_string()
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(project_root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let settings = if quick {
+        Settings { rounds: 3, requests: 1000, warmup: 200, connections: 8 }
+    } else {
+        Settings { rounds: 10, requests: 3000, warmup: 1000, connections: 8 }
+    };
+    let started = Instant::now();
+    let rls = RateLimitServer::start(vec![], Mode::Answer);
+    let upstream = EnvoyConfig::new("bench-upstream.yaml").concurrency(1).cpu(1).log_level("warn").start();
+    let upstream_port = upstream.port("upstream");
+
+    let mut details = String::new();
+    let mut summary = Vec::new();
+    for concurrency in [1, 2] {
+        for scenario in scenarios() {
+            eprintln!("[bench] {} (concurrency {concurrency})", scenario.name);
+            let measured = measure(&scenario, concurrency, upstream_port, rls.port(), &settings).await;
+            summary.push(report_scenario(&mut details, &measured));
+        }
+    }
+
+    let (bare_ms, bare_mib) = startup("bench.yaml", upstream_port, rls.port());
+    let (demo_ms, demo_mib) = startup("demo.yaml", upstream_port, rls.port());
+
+    let mut doc = String::new();
+    let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output();
+    let date = date.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let _ = writeln!(doc, "# Benchmarks\n");
+    let _ = writeln!(
+        doc,
+        "Generated by `envoy-test/bench` on {date}: {cores} cores, Envoy {}, commit {}, {} rounds of {} requests per \
+         variant over {} keep-alive HTTP/1.1 connections, variants interleaved, measured Envoy pinned to core 0 and the \
+         load generator and upstream to core 1. CPU is the measured Envoy's CPU time (sum of its threads' \
+         /proc schedstat) divided by requests; figures are medians with min–max over the rounds. \"Added\" is the \
+         difference to the no-filter baseline in the same round. Total run time: {:.0} s.\n",
+        envoy_version(),
+        git_commit(),
+        settings.rounds,
+        settings.requests,
+        settings.connections,
+        started.elapsed().as_secs_f64()
+    );
+    let _ = writeln!(doc, "## Summary: added Envoy CPU per request (µs)\n");
+    let _ = writeln!(
+        doc,
+        "| scenario | workers | no-op wasm floor | native | ours | ours / native | ours / floor | target |"
+    );
+    let _ = writeln!(doc, "|---|---|---|---|---|---|---|---|");
+    for line in &summary {
+        let _ = writeln!(doc, "{line}");
+    }
+    let _ = writeln!(doc, "\n## Size and start-up\n");
+    let _ = writeln!(doc, "| .wasm | bytes | under 1 MiB |\n|---|---|---|");
+    for name in ["ratelimit", "transformation", "aws", "nats", "noop"] {
+        let size = std::fs::metadata(wasm_dir().join(format!("{name}.wasm"))).map(|m| m.len()).unwrap_or(0);
+        let _ = writeln!(doc, "| {name}.wasm | {size} | {} |", if size < 1 << 20 { "yes" } else { "**no**" });
+    }
+    let _ = writeln!(doc, "\n| Envoy (2 workers) | start to ready, ms | resident memory, MiB |\n|---|---|---|");
+    let _ = writeln!(doc, "| no filters (bench.yaml) | {bare_ms:.0} | {bare_mib:.1} |");
+    let _ = writeln!(doc, "| the four filters (demo.yaml) | {demo_ms:.0} | {demo_mib:.1} |");
+    let _ = writeln!(doc, "\n## Details\n{details}");
+    let path = project_root().join("docs").join("BENCHMARKS.md");
+    std::fs::create_dir_all(path.parent().unwrap_or(&project_root())).ok();
+    std::fs::write(&path, &doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    println!("{doc}");
+    eprintln!("[bench] wrote {} in {:.0} s", path.display(), started.elapsed().as_secs_f64());
+    drop(upstream);
+}
