@@ -1,51 +1,665 @@
-//! Plugin configuration of the `transformation` filter (grows with the transformation issue).
+//! Plugin configuration: the JSON form (snake_case, as in the proto) of Gloo's listener-level
+//! `FilterTransformations`, plus the per-route `RouteTransformations` list (`transformations` with
+//! `request_match` / `response_match`) inside each rule, and a few settings of our own (`max_body_size`,
+//! `compressed_bodies`). Templates are parsed and regexes compiled here, once.
 
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use base64::Engine as _;
 use serde::Deserialize;
 use shared::config::{self, non_empty, ConfigError};
-use shared::RouteMatch;
+use shared::matcher::StringMatch;
+use shared::{ByteSize, RouteMatch};
+
+use crate::extractor::{Extractor, Mode, Source};
+use crate::transform::{BodySpec, TemplateSpec, TemplateTransformation, Transformation};
 
 pub const FILTER: &str = "transformation";
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The applied configuration.
+#[derive(Debug)]
 pub struct Config {
-    pub transformations: Vec<Transformation>,
+    pub rules: Vec<Rule>,
+    /// Most body bytes buffered, and most decoded bytes of a compressed body.
+    pub max_body: usize,
+    /// Re-encode transformed gzip/deflate bodies (default) or send them as identity.
+    pub reencode: bool,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Transformation {
-    #[serde(rename = "match", default)]
+/// One `transformations[]` entry: a request matcher and what to do.
+#[derive(Debug)]
+pub struct Rule {
     pub matcher: RouteMatch,
+    /// `route_transformations.request_transformation` / `response_transformation`, and the `request_match`
+    /// entries of `route_transformations.transformations`, in order (the first that matches wins).
+    pub request_matches: Vec<RequestMatch>,
+    /// `response_match` entries: used when the request match gave no response transformation.
+    pub response_matches: Vec<ResponseMatch>,
 }
 
-/// Parses and validates the plugin configuration.
+#[derive(Debug)]
+pub struct RequestMatch {
+    pub matcher: RouteMatch,
+    pub request: Option<Rc<Transformation>>,
+    pub response: Option<Rc<Transformation>>,
+}
+
+#[derive(Debug)]
+pub struct ResponseMatch {
+    /// The response header matchers (`:status` included), as a matcher over the response headers.
+    pub headers: RouteMatch,
+    /// Envoy's `response.code_details` must match (non-empty usually means a local reply).
+    pub response_code_details: Option<StringMatch>,
+    pub response: Rc<Transformation>,
+}
+
+impl Config {
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+// ---- JSON shapes ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    transformations: Vec<RawRule>,
+    #[serde(default)]
+    stage: u32,
+    /// Gloo logs bodies and headers with this; we never log bodies (accepted, ignored).
+    #[serde(default)]
+    #[allow(dead_code)]
+    log_request_response_info: bool,
+    max_body_size: Option<ByteSize>,
+    #[serde(default)]
+    compressed_bodies: CompressedBodies,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum CompressedBodies {
+    #[default]
+    Reencode,
+    Identity,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(rename = "match", default)]
+    matcher: RouteMatch,
+    route_transformations: Option<RawRouteTransformations>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouteTransformations {
+    request_transformation: Option<RawTransformation>,
+    response_transformation: Option<RawTransformation>,
+    /// Envoy re-selects the route whenever a Wasm filter changes request headers: always on.
+    #[serde(default)]
+    #[allow(dead_code)]
+    clear_route_cache: bool,
+    on_stream_completion_transformation: Option<serde_json::Value>,
+    #[serde(default)]
+    transformations: Vec<RawRouteTransformation>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouteTransformation {
+    #[serde(default)]
+    stage: u32,
+    request_match: Option<RawRequestMatch>,
+    response_match: Option<RawResponseMatch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequestMatch {
+    #[serde(rename = "match", default)]
+    matcher: RouteMatch,
+    request_transformation: Option<RawTransformation>,
+    response_transformation: Option<RawTransformation>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    clear_route_cache: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResponseMatch {
+    #[serde(rename = "match", default)]
+    matcher: RawResponseMatcher,
+    response_transformation: Option<RawTransformation>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawResponseMatcher {
+    #[serde(default)]
+    headers: Vec<serde_json::Value>,
+    response_code_details: Option<StringMatch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransformation {
+    transformation_template: Option<RawTemplate>,
+    header_body_transform: Option<RawHeaderBody>,
+    transformer_config: Option<serde_json::Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    log_request_response_info: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderBody {
+    #[serde(default)]
+    add_request_metadata: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InjaTemplate {
+    #[serde(default)]
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplate {
+    #[serde(default)]
+    advanced_templates: bool,
+    #[serde(default)]
+    extractors: BTreeMap<String, RawExtraction>,
+    #[serde(default)]
+    headers: BTreeMap<String, InjaTemplate>,
+    #[serde(default)]
+    headers_to_append: Vec<RawHeaderToAppend>,
+    #[serde(default)]
+    headers_to_remove: Vec<String>,
+    body: Option<InjaTemplate>,
+    passthrough: Option<Empty>,
+    merge_extractors_to_body: Option<Empty>,
+    merge_json_keys: Option<RawMergeJsonKeys>,
+    #[serde(default)]
+    parse_body_behavior: ParseBodyBehavior,
+    #[serde(default)]
+    ignore_error_on_parse: bool,
+    #[serde(default)]
+    dynamic_metadata_values: Vec<serde_json::Value>,
+    #[serde(default)]
+    escape_characters: bool,
+    #[serde(default)]
+    data_sources: BTreeMap<String, RawDataSource>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+enum ParseBodyBehavior {
+    #[default]
+    ParseAsJson,
+    DontParse,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderToAppend {
+    key: String,
+    value: Option<InjaTemplate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMergeJsonKeys {
+    #[serde(default)]
+    json_keys: BTreeMap<String, RawOverridableTemplate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverridableTemplate {
+    tmpl: Option<InjaTemplate>,
+    #[serde(default)]
+    override_empty: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExtraction {
+    header: Option<String>,
+    body: Option<Empty>,
+    query: Option<String>,
+    #[serde(default)]
+    regex: String,
+    #[serde(default)]
+    subgroup: u32,
+    replacement_text: Option<String>,
+    #[serde(default)]
+    mode: RawMode,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum RawMode {
+    #[default]
+    Extract,
+    SingleReplace,
+    ReplaceAll,
+}
+
+/// Envoy's `DataSource` with an inline value (`inline_string`, `inline_bytes` in base64), or a plain string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDataSource {
+    Text(String),
+    Inline(InlineDataSource),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InlineDataSource {
+    inline_string: Option<String>,
+    inline_bytes: Option<String>,
+}
+
+// ---- building --------------------------------------------------------------------------------------------
+
+/// Parses and validates the plugin configuration, with the process environment for `env()`.
 pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
-    let config: Config = config::parse(bytes)?;
-    non_empty(&config.transformations, "transformations")?;
-    Ok(config)
+    parse_with_env(bytes, std::env::vars().collect())
+}
+
+/// Parses with an explicit environment (Gloo reads the environment once, at configuration time).
+pub fn parse_with_env(bytes: &[u8], env: HashMap<String, String>) -> Result<Config, ConfigError> {
+    let raw: RawConfig = config::parse(bytes)?;
+    non_empty(&raw.transformations, "transformations")?;
+    if raw.stage > 10 {
+        return Err(ConfigError::at("stage", "must be at most 10"));
+    }
+    let env = Rc::new(env);
+    let mut rules = Vec::with_capacity(raw.transformations.len());
+    for (index, rule) in raw.transformations.into_iter().enumerate() {
+        let path = format!("transformations[{index}]");
+        rules.push(build_rule(rule, raw.stage, &env).map_err(|e| e.under(&path))?);
+    }
+    let max_body = raw.max_body_size.map_or(1 << 20, |size| size.0);
+    if max_body == 0 {
+        return Err(ConfigError::at("max_body_size", "must be greater than 0"));
+    }
+    Ok(Config {
+        rules,
+        max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+        reencode: raw.compressed_bodies == CompressedBodies::Reencode,
+    })
+}
+
+fn build_rule(raw: RawRule, stage: u32, env: &Rc<HashMap<String, String>>) -> Result<Rule, ConfigError> {
+    let mut rule = Rule { matcher: raw.matcher, request_matches: Vec::new(), response_matches: Vec::new() };
+    let Some(routes) = raw.route_transformations else { return Ok(rule) };
+    let at = "route_transformations";
+    if routes.on_stream_completion_transformation.is_some() {
+        return Err(ConfigError::at(
+            format!("{at}.on_stream_completion_transformation"),
+            "not supported (proxy-wasm has no hook after the stream completes that can change it)",
+        ));
+    }
+    for (index, entry) in routes.transformations.into_iter().enumerate() {
+        let path = format!("{at}.transformations[{index}]");
+        if entry.stage > 10 {
+            return Err(ConfigError::at(format!("{path}.stage"), "must be at most 10"));
+        }
+        match (entry.request_match, entry.response_match) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(ConfigError::at(path, "set exactly one of `request_match`, `response_match`"));
+            }
+            // Entries of another stage belong to another transformation filter.
+            _ if entry.stage != stage => {}
+            (Some(m), None) => {
+                let path = format!("{path}.request_match");
+                rule.request_matches.push(RequestMatch {
+                    matcher: m.matcher,
+                    request: build_optional(m.request_transformation, env, &format!("{path}.request_transformation"))?,
+                    response: build_optional(
+                        m.response_transformation,
+                        env,
+                        &format!("{path}.response_transformation"),
+                    )?,
+                });
+            }
+            (None, Some(m)) => {
+                let path = format!("{path}.response_match");
+                let headers = response_headers_matcher(m.matcher.headers)
+                    .map_err(|e| ConfigError::at(format!("{path}.match.headers"), e))?;
+                let Some(response) =
+                    build_optional(m.response_transformation, env, &format!("{path}.response_transformation"))?
+                else {
+                    return Err(ConfigError::at(format!("{path}.response_transformation"), "is required"));
+                };
+                rule.response_matches.push(ResponseMatch {
+                    headers,
+                    response_code_details: m.matcher.response_code_details,
+                    response,
+                });
+            }
+        }
+    }
+    // The deprecated direct fields act as a last request match that matches everything.
+    let request = build_optional(routes.request_transformation, env, &format!("{at}.request_transformation"))?;
+    let response = build_optional(routes.response_transformation, env, &format!("{at}.response_transformation"))?;
+    if request.is_some() || response.is_some() {
+        rule.request_matches.push(RequestMatch { matcher: RouteMatch::default(), request, response });
+    }
+    Ok(rule)
+}
+
+/// Response header matchers reuse the shared request matcher, over the response's headers.
+fn response_headers_matcher(headers: Vec<serde_json::Value>) -> Result<RouteMatch, String> {
+    let value = serde_json::json!({ "headers": headers });
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+fn build_optional(
+    raw: Option<RawTransformation>,
+    env: &Rc<HashMap<String, String>>,
+    path: &str,
+) -> Result<Option<Rc<Transformation>>, ConfigError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => build_transformation(raw, env).map(|t| t.map(Rc::new)).map_err(|e| e.under(path)),
+    }
+}
+
+fn build_transformation(
+    raw: RawTransformation,
+    env: &Rc<HashMap<String, String>>,
+) -> Result<Option<Transformation>, ConfigError> {
+    match (raw.transformation_template, raw.header_body_transform, raw.transformer_config) {
+        (None, None, None) => Ok(None),
+        (Some(template), None, None) => {
+            let spec = build_spec(template)?;
+            let built =
+                TemplateTransformation::build(spec, env.clone()).map_err(|e| e.under("transformation_template"))?;
+            Ok(Some(Transformation::Template(Box::new(built))))
+        }
+        (None, Some(hb), None) => {
+            Ok(Some(Transformation::HeaderBody { add_request_metadata: hb.add_request_metadata }))
+        }
+        (None, None, Some(_)) => Err(ConfigError::at(
+            "transformer_config",
+            "not supported (external transformer extensions are C++ plugins of Gloo's Envoy build)",
+        )),
+        _ => Err(ConfigError::at(
+            "",
+            "set only one of `transformation_template`, `header_body_transform`, `transformer_config`",
+        )),
+    }
+}
+
+fn header_name(name: &str, path: &str, allow_pseudo: bool) -> Result<String, ConfigError> {
+    let lower = name.to_ascii_lowercase();
+    let valid = match lower.strip_prefix(':') {
+        Some(pseudo) => allow_pseudo && matches!(pseudo, "path" | "method" | "authority" | "status"),
+        None => {
+            !lower.is_empty() && lower.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        }
+    };
+    if valid {
+        Ok(lower)
+    } else if lower.starts_with(':') {
+        Err(ConfigError::at(path, format!("pseudo-header {name:?} cannot be changed here (only :path, :method, :authority, :status can be templated)")))
+    } else {
+        Err(ConfigError::at(path, format!("invalid header name {name:?}")))
+    }
+}
+
+fn build_spec(raw: RawTemplate) -> Result<TemplateSpec, ConfigError> {
+    let at = "transformation_template";
+    if !raw.dynamic_metadata_values.is_empty() {
+        return Err(ConfigError::at(
+            format!("{at}.dynamic_metadata_values"),
+            "not supported (proxy-wasm cannot set Envoy dynamic metadata)",
+        ));
+    }
+    let mut extractors = Vec::with_capacity(raw.extractors.len());
+    for (name, e) in raw.extractors {
+        let path = format!("{at}.extractors.{name}");
+        let source = match (e.header, e.body, e.query) {
+            (Some(h), None, None) => Source::Header(header_name(&h, &format!("{path}.header"), true)?),
+            (None, Some(_), None) => Source::Body,
+            (None, None, Some(q)) => Source::Query(q),
+            _ => return Err(ConfigError::at(path, "set exactly one of `header`, `body`, `query`")),
+        };
+        let mode = match e.mode {
+            RawMode::Extract => Mode::Extract,
+            RawMode::SingleReplace => Mode::SingleReplace,
+            RawMode::ReplaceAll => Mode::ReplaceAll,
+        };
+        let extractor = Extractor::new(source, &e.regex, e.subgroup, mode, e.replacement_text)
+            .map_err(|message| ConfigError::at(path.clone(), message))?;
+        extractors.push((name, extractor));
+    }
+    let mut headers = Vec::with_capacity(raw.headers.len());
+    for (name, template) in raw.headers {
+        headers.push((header_name(&name, &format!("{at}.headers.{name}"), true)?, template.text));
+    }
+    let mut headers_to_append = Vec::with_capacity(raw.headers_to_append.len());
+    for (index, h) in raw.headers_to_append.into_iter().enumerate() {
+        let name = header_name(&h.key, &format!("{at}.headers_to_append[{index}].key"), true)?;
+        headers_to_append.push((name, h.value.map(|v| v.text).unwrap_or_default()));
+    }
+    let mut headers_to_remove = Vec::with_capacity(raw.headers_to_remove.len());
+    for (index, name) in raw.headers_to_remove.into_iter().enumerate() {
+        headers_to_remove.push(header_name(&name, &format!("{at}.headers_to_remove[{index}]"), false)?);
+    }
+    let parse_json = raw.parse_body_behavior == ParseBodyBehavior::ParseAsJson;
+    let body = match (raw.body, raw.passthrough, raw.merge_extractors_to_body, raw.merge_json_keys) {
+        (None, None, None, None) => BodySpec::Unchanged,
+        (Some(t), None, None, None) => BodySpec::Template(t.text),
+        (None, Some(_), None, None) => BodySpec::Passthrough,
+        (None, None, Some(_), None) => BodySpec::MergeExtractorsToBody,
+        (None, None, None, Some(m)) => {
+            if !parse_json {
+                return Err(ConfigError::at(
+                    format!("{at}.merge_json_keys"),
+                    "MergeJsonKeys requires parsing the body",
+                ));
+            }
+            BodySpec::MergeJsonKeys(
+                m.json_keys
+                    .into_iter()
+                    .map(|(name, t)| (name, t.tmpl.map(|t| t.text).unwrap_or_default(), t.override_empty))
+                    .collect(),
+            )
+        }
+        _ => {
+            return Err(ConfigError::at(
+                at,
+                "set only one of `body`, `passthrough`, `merge_extractors_to_body`, `merge_json_keys`",
+            ))
+        }
+    };
+    let mut data_sources = BTreeMap::new();
+    for (name, source) in raw.data_sources {
+        let value = match source {
+            RawDataSource::Text(text) => text,
+            RawDataSource::Inline(InlineDataSource { inline_string: Some(text), inline_bytes: None }) => text,
+            RawDataSource::Inline(InlineDataSource { inline_string: None, inline_bytes: Some(b64) }) => {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| {
+                    ConfigError::at(format!("{at}.data_sources.{name}.inline_bytes"), format!("invalid base64: {e}"))
+                })?;
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            RawDataSource::Inline(_) => {
+                return Err(ConfigError::at(
+                    format!("{at}.data_sources.{name}"),
+                    "set exactly one of `inline_string`, `inline_bytes` (files are not readable from Wasm)",
+                ))
+            }
+        };
+        data_sources.insert(name, value);
+    }
+    Ok(TemplateSpec {
+        advanced_templates: raw.advanced_templates,
+        extractors,
+        headers,
+        headers_to_append,
+        headers_to_remove,
+        body,
+        parse_json,
+        ignore_error_on_parse: raw.ignore_error_on_parse,
+        escape_characters: raw.escape_characters,
+        data_sources,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transform::{HeaderOp, Message};
+
+    fn parse_ok(json: &str) -> Config {
+        parse_with_env(json.as_bytes(), HashMap::new()).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    fn parse_err(json: &str) -> String {
+        parse_with_env(json.as_bytes(), HashMap::new()).unwrap_err().to_string()
+    }
 
     #[test]
     fn accepts_matchers() {
-        let config = parse(br#"{"transformations": [{"match": {"prefix": "/users"}}, {}]}"#).unwrap();
-        assert_eq!(config.transformations.len(), 2);
+        let config = parse_ok(r#"{"transformations": [{"match": {"prefix": "/users"}}, {}]}"#);
+        assert_eq!(config.rule_count(), 2);
+        assert_eq!(config.max_body, 1 << 20);
+        assert!(config.reencode);
+    }
+
+    #[test]
+    fn the_issue_example_parses_and_runs() {
+        let config = parse_ok(
+            r#"{"transformations": [
+              {"match": {"prefix": "/users"},
+               "route_transformations": {
+                 "request_transformation": {"transformation_template": {
+                    "extractors": {"id": {"header": ":path", "regex": "/users/(\\d+)", "subgroup": 1}},
+                    "headers": {"x-user-id": {"text": "{{ extraction(\"id\") }}"}},
+                    "body": {"text": "{\"user\": \"{{ id }}\", \"name\": \"{{ name }}\"}"}}},
+                 "response_transformation": {"transformation_template": {"headers": {"x-served-by": {"text": "gateway"}}}}}}
+            ]}"#,
+        );
+        let rule = &config.rules[0];
+        let entry = &rule.request_matches[0];
+        let request = entry.request.as_ref().unwrap();
+        assert!(request.needs_body());
+        assert!(!entry.response.as_ref().unwrap().needs_body());
+        let headers = vec![(":path".to_string(), "/users/7".to_string())];
+        let out = request
+            .apply(Message {
+                request_headers: Rc::new(headers.clone()),
+                headers,
+                body: br#"{"name": "Bo"}"#,
+                is_request: true,
+            })
+            .unwrap();
+        assert_eq!(out.ops, vec![HeaderOp::Set("x-user-id".into(), "7".into())]);
+        assert_eq!(out.body.unwrap(), br#"{"user": "7", "name": "Bo"}"#);
+    }
+
+    #[test]
+    fn route_transformation_lists_and_stages() {
+        let config = parse_ok(
+            r#"{"stage": 1, "transformations": [{"route_transformations": {"transformations": [
+                {"stage": 1, "request_match": {"match": {"prefix": "/a"}, "request_transformation": {"header_body_transform": {}}}},
+                {"stage": 0, "request_match": {"request_transformation": {"header_body_transform": {}}}},
+                {"stage": 1, "response_match": {"match": {"headers": [{"name": ":status", "exact_match": "404"}],
+                  "response_code_details": {"exact": "route_not_found"}},
+                  "response_transformation": {"transformation_template": {"headers": {"x-a": {"text": "b"}}}}}}
+            ]}}]}"#,
+        );
+        let rule = &config.rules[0];
+        assert_eq!(rule.request_matches.len(), 1, "the stage-0 entry belongs to another filter");
+        assert_eq!(rule.response_matches.len(), 1);
+        let status = vec![(":status".to_string(), "404".to_string())];
+        assert!(rule.response_matches[0].headers.matches(&status));
+        let ok = vec![(":status".to_string(), "200".to_string())];
+        assert!(!rule.response_matches[0].headers.matches(&ok));
+        assert!(rule.response_matches[0].response_code_details.as_ref().unwrap().matches("route_not_found"));
+    }
+
+    #[test]
+    fn data_sources_and_env() {
+        let config = parse_with_env(
+            br#"{"transformations": [{"route_transformations": {"request_transformation": {"transformation_template": {
+                "data_sources": {"a": "text", "b": {"inline_string": "s"}, "c": {"inline_bytes": "Ynl0ZXM="}},
+                "headers": {"x-d": {"text": "{{ data_source(\"a\") }}{{ data_source(\"b\") }}{{ data_source(\"c\") }}{{ env(\"E\") }}"}}}}}}]}"#,
+            [("E".to_string(), "env".to_string())].into_iter().collect(),
+        )
+        .unwrap();
+        let t = config.rules[0].request_matches[0].request.clone().unwrap();
+        let out = t.apply(Message { is_request: true, ..Message::default() }).unwrap();
+        assert_eq!(out.ops, vec![HeaderOp::Set("x-d".into(), "textsbytesenv".into())]);
     }
 
     #[test]
     fn rejects_bad_configs_naming_the_field() {
-        let cases: [(&[u8], &str); 3] = [
-            (br#"{"transformations": []}"#, "transformations: must not be empty"),
-            (br#"{"transformations": [{"match": {"path": 1}}]}"#, "transformations[0].match.path: invalid type"),
-            (br#"{"transformation": []}"#, "unknown field `transformation`"),
+        let wrap = |template: &str| {
+            format!(
+                r#"{{"transformations": [{{"route_transformations": {{"request_transformation": {{"transformation_template": {template}}}}}}}]}}"#
+            )
+        };
+        let t = "transformations[0].route_transformations.request_transformation.transformation_template";
+        let cases: Vec<(String, String)> = vec![
+            (r#"{"transformations": []}"#.into(), "transformations: must not be empty".into()),
+            (r#"{"transformations": [{"match": {"path": 1}}]}"#.into(), "transformations[0].match.path: invalid type".into()),
+            (r#"{"transformation": []}"#.into(), "unknown field `transformation`".into()),
+            (wrap(r#"{"headers": {"x-a": {"text": "{{ nope"}}}"#), format!("{t}.headers.x-a.text: syntax error")),
+            (wrap(r#"{"body": {"text": "{% for %}"}}"#), format!("{t}.body.text: syntax error")),
+            (
+                wrap(r#"{"extractors": {"e": {"header": "x", "regex": "(a)", "subgroup": 2}}}"#),
+                format!("{t}.extractors.e: group 2 requested for regex with only 1 sub groups"),
+            ),
+            (
+                wrap(r#"{"extractors": {"e": {"header": "x", "regex": "a", "mode": "SINGLE_REPLACE"}}}"#),
+                format!("{t}.extractors.e: SINGLE_REPLACE mode set but no replacement text provided"),
+            ),
+            (
+                wrap(r#"{"extractors": {"e": {"header": "x", "regex": "(a)", "subgroup": 1, "mode": "REPLACE_ALL", "replacement_text": "b"}}}"#),
+                format!("{t}.extractors.e: REPLACE_ALL mode set but subgroup is not 0"),
+            ),
+            (
+                wrap(r#"{"extractors": {"e": {"header": "x", "body": {}, "regex": "a"}}}"#),
+                format!("{t}.extractors.e: set exactly one of `header`, `body`, `query`"),
+            ),
+            (wrap(r#"{"body": {"text": "x"}, "passthrough": {}}"#), format!("{t}: set only one of `body`")),
+            (
+                wrap(r#"{"merge_json_keys": {"json_keys": {}}, "parse_body_behavior": "DontParse"}"#),
+                format!("{t}.merge_json_keys: MergeJsonKeys requires parsing the body"),
+            ),
+            (wrap(r#"{"headers": {"bad name": {"text": "x"}}}"#), format!("{t}.headers.bad name: invalid header name")),
+            (wrap(r#"{"headers_to_remove": [":path"]}"#), format!("{t}.headers_to_remove[0]: pseudo-header")),
+            (wrap(r#"{"dynamic_metadata_values": [{"key": "k"}]}"#), format!("{t}.dynamic_metadata_values: not supported")),
+            (wrap(r#"{"parse_body_behavior": "Sometimes"}"#), format!("{t}.parse_body_behavior: unknown variant")),
+            (
+                r#"{"transformations": [{"route_transformations": {"transformations": [{}]}}]}"#.into(),
+                "transformations[0].route_transformations.transformations[0]: set exactly one of".into(),
+            ),
+            (r#"{"stage": 11, "transformations": [{}]}"#.into(), "stage: must be at most 10".into()),
+            (r#"{"max_body_size": "0", "transformations": [{}]}"#.into(), "max_body_size: must be greater than 0".into()),
+            (
+                r#"{"transformations": [{"route_transformations": {"request_transformation": {"transformer_config": {}}}}]}"#.into(),
+                "transformations[0].route_transformations.request_transformation.transformer_config: not supported".into(),
+            ),
         ];
         for (json, expected) in cases {
-            let err = parse(json).unwrap_err().to_string();
-            assert!(err.contains(expected), "{err} should contain {expected}");
+            let err = parse_err(&json);
+            assert!(err.contains(&expected), "{json}\n{err}\nshould contain {expected}");
         }
     }
 }

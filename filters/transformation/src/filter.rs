@@ -1,18 +1,56 @@
-//! proxy-wasm glue: reads the configuration, hands each request to the logic. The only module that talks to the
-//! host (through `shared::host`).
+//! proxy-wasm glue: picks the rule and transformations for each request, buffers bodies only when a
+//! transformation needs them, decodes/re-encodes compressed bodies, applies the outcome, and answers errors. The
+//! only module that talks to the host (through `shared::host` and a few hostcalls for maps and buffers).
 
 use std::rc::Rc;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
-use shared::host;
-use shared::metrics::Gauge;
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+use shared::body::{BodyLimit, BodyProgress};
+use shared::host::{self, HostRequest};
+use shared::metrics::{Counter, Gauge};
+use shared::request::is_grpc;
+use shared::LocalReply;
 
+use crate::body::{self, DecodeError, Encoding};
 use crate::config::{self, Config, FILTER};
+use crate::transform::{HeaderOp, Message, Transformation};
+
+struct Metrics {
+    request_header: Counter,
+    request_body: Counter,
+    response_header: Counter,
+    response_body: Counter,
+    request_errors: Counter,
+    response_errors: Counter,
+    body_too_large: Counter,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let c = |name| Counter::define(&[FILTER, name]);
+        Metrics {
+            request_header: c("request_header_transformations"),
+            request_body: c("request_body_transformations"),
+            response_header: c("response_header_transformations"),
+            response_body: c("response_body_transformations"),
+            request_errors: c("request_errors"),
+            response_errors: c("response_errors"),
+            body_too_large: c("body_too_large"),
+        }
+    }
+}
+
+struct State {
+    config: Config,
+    metrics: Metrics,
+    limit: BodyLimit,
+}
 
 #[derive(Default)]
 pub struct Root {
-    config: Option<Rc<Config>>,
+    state: Option<Rc<State>>,
     rules: Option<Gauge>,
 }
 
@@ -28,15 +66,16 @@ impl RootContext for Root {
         let Some(config) = host::configure(FILTER, self.get_plugin_configuration(), config::parse) else {
             return false;
         };
-        let rules = config.transformations.len();
+        let rules = config.rule_count();
         self.rules.get_or_insert_with(|| Gauge::define(&[FILTER, "rules"])).set(rules as u64);
         log::info!("{FILTER}: configuration applied ({rules} rules)");
-        self.config = Some(Rc::new(config));
+        let limit = BodyLimit::new(config.max_body);
+        self.state = Some(Rc::new(State { config, metrics: Metrics::define(), limit }));
         true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { _config: self.config.clone() }))
+        Some(Box::new(Stream { state: self.state.clone(), ..Stream::default() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -44,11 +83,314 @@ impl RootContext for Root {
     }
 }
 
-/// One HTTP request. At this stage the filter passes every request through unchanged.
+#[derive(Default)]
 struct Stream {
-    _config: Option<Rc<Config>>,
+    state: Option<Rc<State>>,
+    /// The rule the request matched (its response matchers apply to the response).
+    rule: Option<usize>,
+    is_grpc: bool,
+    /// Buffering the request body for this transformation.
+    request_pending: Option<Rc<Transformation>>,
+    /// The response transformation the request match chose.
+    response: Option<Rc<Transformation>>,
+    /// Buffering the response body for this transformation.
+    response_pending: Option<Rc<Transformation>>,
+    /// After a response error: the rest of the upstream body is dropped and this body sent at its end.
+    response_error_body: Option<Vec<u8>>,
+}
+
+/// Which side of the exchange a transformation applies to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Request,
+    Response,
+}
+
+impl Side {
+    fn headers(self) -> MapType {
+        match self {
+            Side::Request => MapType::HttpRequestHeaders,
+            Side::Response => MapType::HttpResponseHeaders,
+        }
+    }
+
+    fn body(self) -> BufferType {
+        match self {
+            Side::Request => BufferType::HttpRequestBody,
+            Side::Response => BufferType::HttpResponseBody,
+        }
+    }
+}
+
+fn read_headers(side: Side) -> Vec<(String, String)> {
+    match side {
+        Side::Request => host::request_headers(),
+        Side::Response => hostcalls::get_map_bytes(MapType::HttpResponseHeaders)
+            .map(|pairs| pairs.into_iter().map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned())).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn header(side: Side, name: &str) -> Option<String> {
+    match side {
+        Side::Request => host::request_header(name),
+        Side::Response => host::response_header(name),
+    }
+}
+
+fn set_header(side: Side, name: &str, value: Option<&str>) {
+    if let Err(status) = hostcalls::set_map_value(side.headers(), name, value) {
+        log::warn!("{FILTER}: cannot change header {name}: {status:?}");
+    }
+}
+
+fn apply_ops(side: Side, ops: &[HeaderOp]) {
+    for op in ops {
+        match op {
+            HeaderOp::Set(name, value) => set_header(side, name, Some(value)),
+            HeaderOp::Remove(name) => set_header(side, name, None),
+            HeaderOp::Append(name, value) => {
+                if let Err(status) = hostcalls::add_map_value(side.headers(), name, value) {
+                    log::warn!("{FILTER}: cannot add header {name}: {status:?}");
+                }
+            }
+        }
+    }
+}
+
+/// Why a transformation failed, and the status that says so.
+struct Failure {
+    status: u32,
+    reason: String,
+}
+
+impl Stream {
+    /// Runs a transformation on the message and applies the outcome. `body_size` is the size of the buffered
+    /// body (0 in the headers phase).
+    fn transform(&self, state: &State, side: Side, t: &Transformation, body_size: usize) -> Result<(), Failure> {
+        let mut raw = Vec::new();
+        if body_size > 0 {
+            raw = hostcalls::get_buffer(side.body(), 0, body_size).ok().flatten().unwrap_or_default();
+        }
+        let encoding = Encoding::from_header(header(side, "content-encoding").as_deref());
+        let decoded = if encoding.is_compressed() && !raw.is_empty() {
+            match body::decode(&raw, encoding, state.config.max_body) {
+                Ok(decoded) => decoded,
+                Err(DecodeError::TooLarge) => {
+                    state.metrics.body_too_large.inc();
+                    return Err(Failure { status: 413, reason: state.limit.too_large_message() });
+                }
+                Err(DecodeError::Corrupt(reason)) => return Err(Failure { status: 400, reason }),
+            }
+        } else {
+            raw
+        };
+        let headers = read_headers(side);
+        let request_headers = match side {
+            Side::Request => Rc::new(headers.clone()),
+            Side::Response => Rc::new(host::request_headers()),
+        };
+        let message = Message { headers, request_headers, body: &decoded, is_request: side == Side::Request };
+        let outcome = t.apply(message).map_err(|reason| Failure { status: 400, reason })?;
+        apply_ops(side, &outcome.ops);
+        if let Some(new_body) = outcome.body {
+            let encoded = if encoding.is_compressed() && state.config.reencode {
+                body::encode(&new_body, encoding)
+            } else {
+                if encoding.is_compressed() {
+                    set_header(side, "content-encoding", None);
+                }
+                new_body
+            };
+            if let Err(status) = hostcalls::set_buffer(side.body(), 0, body_size, &encoded) {
+                log::warn!("{FILTER}: cannot replace the body: {status:?}");
+            }
+            set_header(side, "content-length", Some(&encoded.len().to_string()));
+        }
+        Ok(())
+    }
+
+    fn request_failed(&self, state: &State, failure: Failure) -> Action {
+        let message = match failure.status {
+            413 => failure.reason,
+            _ => format!("bad request: {}", failure.reason),
+        };
+        if failure.status != 413 {
+            state.metrics.request_errors.inc();
+        }
+        log::warn!("{FILTER}: request refused ({}): {message}", failure.status);
+        if let Err(err) = host::send_local_reply(&LocalReply::error(FILTER, failure.status, &message, self.is_grpc)) {
+            log::warn!("{FILTER}: {err}");
+        }
+        Action::Pause
+    }
+
+    /// A response that cannot be transformed: its status becomes 500 (413 for a body over the limit) and its body
+    /// the error, as Gloo does (the response headers are still held, so they can be changed).
+    fn response_failed(&mut self, state: &State, failure: Failure, body_size: Option<usize>) {
+        let status = if failure.status == 413 { 413 } else { 500 };
+        if status == 500 {
+            state.metrics.response_errors.inc();
+        }
+        let message = match status {
+            413 => failure.reason,
+            _ => format!("response transformation failed: {}", failure.reason),
+        };
+        log::warn!("{FILTER}: response replaced ({status}): {message}");
+        let reply = LocalReply::error(FILTER, status, &message, false);
+        set_header(Side::Response, ":status", Some(&status.to_string()));
+        for name in ["content-encoding", "content-length", "transfer-encoding"] {
+            set_header(Side::Response, name, None);
+        }
+        for (name, value) in &reply.headers {
+            set_header(Side::Response, name, Some(value));
+        }
+        match body_size {
+            // In the body phase at the end of the body: replace it now.
+            Some(size) => {
+                set_header(Side::Response, "content-length", Some(&reply.body.len().to_string()));
+                if let Err(status) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &reply.body) {
+                    log::warn!("{FILTER}: cannot replace the body: {status:?}");
+                }
+            }
+            // Otherwise: drop the upstream body as it streams and send the error at its end.
+            None => self.response_error_body = Some(reply.body),
+        }
+    }
 }
 
 impl Context for Stream {}
 
-impl HttpContext for Stream {}
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(state) = self.state.clone() else { return Action::Continue };
+        let request = HostRequest;
+        let Some((index, rule)) = state.config.rules.iter().enumerate().find(|(_, r)| r.matcher.matches(&request))
+        else {
+            return Action::Continue;
+        };
+        self.rule = Some(index);
+        let entry = rule.request_matches.iter().find(|m| m.matcher.matches(&request));
+        self.response = entry.and_then(|e| e.response.clone());
+        let Some(t) = entry.and_then(|e| e.request.clone()) else { return Action::Continue };
+        self.is_grpc = is_grpc(host::request_header("content-type").as_deref());
+        if t.needs_body() && !end_of_stream {
+            if state.limit.declared_too_large(host::request_header("content-length").as_deref()) {
+                state.metrics.body_too_large.inc();
+                let failure = Failure { status: 413, reason: state.limit.too_large_message() };
+                return self.request_failed(&state, failure);
+            }
+            self.request_pending = Some(t);
+            return Action::Pause;
+        }
+        // Header-only transformation (or a request without a body): nothing is buffered.
+        match self.transform(&state, Side::Request, &t, 0) {
+            Ok(()) => {
+                if t.needs_body() {
+                    state.metrics.request_body.inc();
+                } else {
+                    state.metrics.request_header.inc();
+                }
+                Action::Continue
+            }
+            Err(failure) => self.request_failed(&state, failure),
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(state), Some(t)) = (self.state.clone(), self.request_pending.clone()) else {
+            return Action::Continue;
+        };
+        match state.limit.progress(body_size, end_of_stream) {
+            BodyProgress::Buffering => Action::Pause,
+            BodyProgress::TooLarge => {
+                self.request_pending = None;
+                state.metrics.body_too_large.inc();
+                self.request_failed(&state, Failure { status: 413, reason: state.limit.too_large_message() })
+            }
+            BodyProgress::Complete => {
+                self.request_pending = None;
+                match self.transform(&state, Side::Request, &t, body_size) {
+                    Ok(()) => {
+                        state.metrics.request_body.inc();
+                        Action::Continue
+                    }
+                    Err(failure) => self.request_failed(&state, failure),
+                }
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let (Some(state), Some(index)) = (self.state.clone(), self.rule) else { return Action::Continue };
+        let t = match self.response.clone() {
+            Some(t) => t,
+            None => {
+                let Some(rule) = state.config.rules.get(index) else { return Action::Continue };
+                if rule.response_matches.is_empty() {
+                    return Action::Continue;
+                }
+                let headers = read_headers(Side::Response);
+                let details = host::property(&["response", "code_details"]).unwrap_or_default();
+                let found = rule.response_matches.iter().find(|m| {
+                    m.headers.matches(&headers) && m.response_code_details.as_ref().is_none_or(|d| d.matches(&details))
+                });
+                let Some(found) = found else { return Action::Continue };
+                found.response.clone()
+            }
+        };
+        if t.needs_body() && !end_of_stream {
+            if state.limit.declared_too_large(host::response_header("content-length").as_deref()) {
+                state.metrics.body_too_large.inc();
+                let failure = Failure { status: 413, reason: state.limit.too_large_message() };
+                self.response_failed(&state, failure, None);
+                return Action::Continue;
+            }
+            self.response_pending = Some(t);
+            return Action::Pause;
+        }
+        match self.transform(&state, Side::Response, &t, 0) {
+            Ok(()) => {
+                if t.needs_body() {
+                    state.metrics.response_body.inc();
+                } else {
+                    state.metrics.response_header.inc();
+                }
+            }
+            Err(failure) => self.response_failed(&state, failure, None),
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(error_body) = &self.response_error_body {
+            let replacement: &[u8] = if end_of_stream { error_body } else { &[] };
+            if let Err(status) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, replacement) {
+                log::warn!("{FILTER}: cannot replace the body: {status:?}");
+            }
+            return Action::Continue;
+        }
+        let (Some(state), Some(t)) = (self.state.clone(), self.response_pending.clone()) else {
+            return Action::Continue;
+        };
+        match state.limit.progress(body_size, end_of_stream) {
+            BodyProgress::Buffering => Action::Pause,
+            BodyProgress::TooLarge => {
+                self.response_pending = None;
+                state.metrics.body_too_large.inc();
+                let failure = Failure { status: 413, reason: state.limit.too_large_message() };
+                self.response_failed(&state, failure, None);
+                // What is buffered so far is dropped now (replaced by the error at the end), the rest as it comes.
+                self.on_http_response_body(body_size, end_of_stream)
+            }
+            BodyProgress::Complete => {
+                self.response_pending = None;
+                match self.transform(&state, Side::Response, &t, body_size) {
+                    Ok(()) => state.metrics.response_body.inc(),
+                    Err(failure) => self.response_failed(&state, failure, Some(body_size)),
+                }
+                Action::Continue
+            }
+        }
+    }
+}
