@@ -180,7 +180,6 @@ impl RequestFacts for Facts {
 struct Stream {
     state: Option<Rc<State>>,
     overflows: Rc<RefCell<u64>>,
-    is_grpc: bool,
     /// Rules whose descriptors went to the global service, in descriptor order.
     global_rules: Vec<usize>,
     response_headers: Vec<(String, String)>,
@@ -206,7 +205,7 @@ impl Stream {
 
     fn reject(&self, state: &State, figures: Option<RateHeaders>, extra: &[(String, String)]) {
         let response = &state.config.response;
-        let mut reply = LocalReply::error(FILTER, response.status, &response.body, self.is_grpc)
+        let mut reply = LocalReply::error(FILTER, response.status, &response.body, request_is_grpc())
             .with_grpc_status(grpc::RESOURCE_EXHAUSTED);
         for (name, value) in figures.map(RateHeaders::to_pairs).unwrap_or_default() {
             reply = reply.with_header(name, &value);
@@ -232,7 +231,7 @@ impl Stream {
             OnError::Allow => Action::Continue,
             OnError::Deny => {
                 let message = format!("rate-limit service unavailable: {reason}");
-                if let Err(err) = host::send_local_reply(&LocalReply::error(FILTER, 500, &message, self.is_grpc)) {
+                if let Err(err) = host::send_local_reply(&LocalReply::error(FILTER, 500, &message, request_is_grpc())) {
                     log::warn!("{FILTER}: {err}");
                 }
                 Action::Pause
@@ -267,6 +266,11 @@ impl Stream {
         self.response_headers.extend(answer.response_headers);
         Action::Continue
     }
+}
+
+/// Read only when replying: allowed requests do not pay for the header lookup.
+fn request_is_grpc() -> bool {
+    is_grpc(host::request_header("content-type").as_deref())
 }
 
 fn count(metrics: &RuleMetrics, events: &RuleEvents, deferred_to_global: bool) {
@@ -308,7 +312,6 @@ impl Context for Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(state) = self.state() else { return Action::Continue };
-        self.is_grpc = is_grpc(host::request_header("content-type").as_deref());
         let evaluation = state.engine.evaluate(&state.config, &Facts, MonotonicClock.now_nanos());
         self.record(&state, &evaluation);
         if let Some(figures) = evaluation.rejected {
