@@ -43,6 +43,8 @@ struct RawConfig {
     max_body: Option<ByteSize>,
     #[serde(default)]
     unsigned_headers: Vec<String>,
+    cluster: Option<String>,
+    timeout: Option<DurationStr>,
     lambda: Option<RawLambda>,
     #[serde(default)]
     rules: Vec<RawRule>,
@@ -142,6 +144,9 @@ pub struct Config {
     pub max_body: usize,
     /// Lower-case names (or `prefix*`) never signed: [`NEVER_SIGNED`] plus `unsigned_headers`.
     pub unsigned_headers: Vec<String>,
+    /// Where requests with a signed body are sent from the filter; `None`: the request's own cluster.
+    pub cluster: Option<String>,
+    pub timeout_ms: u32,
     pub lambda: Option<Lambda>,
     pub rules: Vec<Rule>,
 }
@@ -266,6 +271,8 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         payload: raw.payload,
         max_body: raw.max_body.map_or(1 << 20, ByteSize::as_usize),
         unsigned_headers,
+        cluster: raw.cluster.filter(|c| !c.is_empty()),
+        timeout_ms: raw.timeout.map_or(30_000, DurationStr::as_millis_u32),
         lambda,
         rules,
     })

@@ -13,6 +13,9 @@
 //! `%20`); `double-url-encode` and `double-encode-path` (no context, migrated from the old format) are the
 //! double-encoding cases (`%3A` -> `%253A`).
 
+// Test code: a failed expectation should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
