@@ -1,6 +1,9 @@
 //! Micro-benchmark of the per-request work, on the host: one GCRA decision, and a whole rule evaluation
 //! (match, key, bucket key, decision) over an in-memory store with Envoy's CAS semantics.
 
+// Benchmark code, not filter code: a failed setup should stop the run loudly.
+#![allow(clippy::unwrap_used)]
+
 use std::borrow::Cow;
 use std::hint::black_box;
 use std::time::Duration;
