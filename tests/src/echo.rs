@@ -6,7 +6,6 @@
 //! JSON). Every request is also recorded for the test to inspect.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -17,6 +16,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
+
+use crate::server::BackgroundServer;
 
 /// A request as the upstream saw it.
 #[derive(Debug, Clone)]
@@ -35,9 +36,8 @@ impl Received {
 
 /// The running upstream; stops when dropped.
 pub struct EchoUpstream {
-    addr: SocketAddr,
+    server: BackgroundServer,
     received: Arc<Mutex<Vec<Received>>>,
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl EchoUpstream {
@@ -48,22 +48,16 @@ impl EchoUpstream {
 
     /// Starts on `port` (0: any free one).
     pub fn start_on(port: u16) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        // Bound with std so that this works from inside an async test too (no block_on in a runtime).
-        let std_listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
-        let listener = {
-            let _context = runtime.enter();
-            TcpListener::from_std(std_listener)?
-        };
         let received = Arc::new(Mutex::new(Vec::new()));
-        runtime.spawn(serve(listener, received.clone()));
-        Ok(EchoUpstream { addr, received, runtime: Some(runtime) })
+        let server = BackgroundServer::start(port, {
+            let received = received.clone();
+            move |listener| serve(listener, received)
+        })?;
+        Ok(EchoUpstream { server, received })
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.server.port()
     }
 
     /// Every request received so far.
@@ -73,17 +67,7 @@ impl EchoUpstream {
 
     /// Blocks until Ctrl-C (for the demo binary).
     pub fn run_until_ctrl_c(&self) {
-        if let Some(runtime) = &self.runtime {
-            let _ = runtime.block_on(tokio::signal::ctrl_c());
-        }
-    }
-}
-
-impl Drop for EchoUpstream {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
+        self.server.run_until_ctrl_c();
     }
 }
 

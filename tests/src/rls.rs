@@ -3,13 +3,14 @@
 //! conditions and variables, as limitador-server does, and the service's namespace is the request's domain.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use limitador::limit::{Context, Expression, Limit, Predicate};
 use tonic::{Request, Response, Status};
+
+use crate::server::BackgroundServer;
 
 pub mod proto {
     tonic::include_proto!("envoy.service.ratelimit.v3");
@@ -72,9 +73,8 @@ impl RateLimitService for Service {
 
 /// The running service; stops when dropped.
 pub struct RateLimitServer {
-    addr: SocketAddr,
+    server: BackgroundServer,
     calls: Arc<AtomicU64>,
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 /// A limit of `max` hits per `seconds` in `domain`, per distinct value of the descriptor entry `entry`
@@ -98,36 +98,20 @@ impl RateLimitServer {
         }
         let calls = Arc::new(AtomicU64::new(0));
         let service = Service { limiter, calls: calls.clone(), mode };
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let incoming = {
-            let _context = runtime.enter();
-            tonic::transport::server::TcpIncoming::from(tokio::net::TcpListener::from_std(listener)?)
-        };
-        runtime.spawn(
-            tonic::transport::Server::builder()
-                .add_service(RateLimitServiceServer::new(service))
-                .serve_with_incoming(incoming),
-        );
-        Ok(RateLimitServer { addr, calls, runtime: Some(runtime) })
+        let server = BackgroundServer::start(port, |listener| async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let router = tonic::transport::Server::builder().add_service(RateLimitServiceServer::new(service));
+            let _ = router.serve_with_incoming(incoming).await;
+        })?;
+        Ok(RateLimitServer { server, calls })
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.server.port()
     }
 
     /// How many ShouldRateLimit calls arrived.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for RateLimitServer {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }

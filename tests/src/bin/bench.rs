@@ -116,7 +116,7 @@ fn scenarios() -> Vec<Scenario> {
                 "rules": [{"name": "global", "key": [{"header": "x-api-key"}], "global": true}],
                 "global": {"cluster": "ratelimit", "domain": "edge", "timeout": "1s"}}),
             )],
-            header_only: true,
+            target: Target::NativePlusFloor,
         },
     ];
     list.retain(|s| !s.ours.is_empty());
