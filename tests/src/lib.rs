@@ -12,6 +12,7 @@ pub mod moto;
 pub mod nats_server;
 pub mod paths;
 pub mod rls;
+pub mod server;
 
 pub use echo::EchoUpstream;
 pub use envoy::{Envoy, EnvoyConfig};
