@@ -396,7 +396,11 @@ impl Stream {
             headers.retain(|(n, _)| *n != name);
             headers.push((name, value));
         }
-        let cluster = lambda.cluster.clone().or_else(|| host::property(&["xds", "cluster_name"]));
+        let cluster = lambda
+            .cluster
+            .clone()
+            .or_else(|| shared.config.cluster.clone())
+            .or_else(|| host::property(&["xds", "cluster_name"]));
         self.dispatch(shared, cluster, headers, &payload, lambda.timeout_ms);
     }
 

@@ -1,0 +1,271 @@
+//! The aws filter through real Envoy against moto, a local AWS that verifies every SigV4 signature with botocore's
+//! algorithm (signature checking is switched on after setup). Each test starts its own moto and Envoy.
+
+use integration_tests::moto::{Moto, MotoSetup};
+use integration_tests::{Envoy, EnvoyConfig};
+use serde_json::{json, Value};
+
+struct Stack {
+    moto: Moto,
+    setup: MotoSetup,
+    envoy: Envoy,
+}
+
+/// moto set up, and Envoy (envoy-test/aws.yaml) with the given plugin configurations and the user's keys in the
+/// environment (unless `env` is false).
+fn stack(front: Value, down: Option<Value>, env: bool) -> Stack {
+    let moto = Moto::start();
+    let setup = moto.setup();
+    let envoy = envoy(&moto, &setup, front, down, env);
+    Stack { moto, setup, envoy }
+}
+
+/// Envoy for `moto`. The `front` plugin runs on the `aws` cluster, so the requests it sends itself (signed bodies,
+/// Lambda invocations) go to `aws_direct` (a cluster without the filter) unless the test says otherwise.
+fn envoy(moto: &Moto, setup: &MotoSetup, mut front: Value, down: Option<Value>, env: bool) -> Envoy {
+    if front.get("cluster").is_none() {
+        front["cluster"] = json!("aws_direct");
+    }
+    let mut config = EnvoyConfig::new("aws.yaml").upstream(5000, moto.port()).plugin_config("aws", front);
+    if let Some(down) = down {
+        config = config.plugin_config("aws_down", down);
+    }
+    if env {
+        config = config
+            .env("AWS_ACCESS_KEY_ID", &setup.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &setup.secret_access_key);
+    }
+    config.start()
+}
+
+async fn send(
+    method: &str,
+    url: String,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let client = reqwest::Client::new();
+    let mut request = client.request(method.parse().unwrap(), url).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
+fn form(params: &[(&str, &str)]) -> String {
+    params
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.replace('%', "%25").replace('&', "%26").replace(' ', "%20").replace(':', "%3A").replace('/', "%2F")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded; charset=utf-8");
+
+async fn caller_identity(envoy: &Envoy, listener: &str) -> (u16, String) {
+    let body = form(&[("Action", "GetCallerIdentity"), ("Version", "2011-06-15")]);
+    let (status, _, text) = send("POST", format!("{}/", envoy.url(listener)), &[FORM], body).await;
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generic_sts_call_signed_with_env_credentials_and_a_wrong_secret_is_refused() {
+    let s = stack(json!({"region": "us-east-1", "service": "sts"}), None, true);
+    let (status, body) = caller_identity(&s.envoy, "front").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("<Arn>arn:aws:iam::123456789012:user/envoy</Arn>"), "{body}");
+    assert_eq!(s.envoy.stat("wasmcustom.aws.signed"), Some(1));
+
+    // Without the filter's signature moto refuses (it really checks): a wrong secret gets 403.
+    let wrong = envoy(
+        &s.moto,
+        &s.setup,
+        json!({"region": "us-east-1", "service": "sts",
+               "credentials": {"access_key_id": s.setup.access_key_id, "secret_access_key": "wrong-secret"}}),
+        None,
+        false,
+    );
+    let (status, body) = caller_identity(&wrong, "front").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+    assert!(!body.contains("wrong-secret") && !wrong.log().contains("wrong-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodyless_requests_are_signed_in_place_and_client_aws_headers_do_not_reach_the_signature() {
+    // Generic mode on the Lambda API itself: ListFunctions, a GET without a body, signed in place on the cluster.
+    let s = stack(json!({"region": "us-east-1", "service": "lambda"}), None, true);
+    let url = format!("{}/2015-03-31/functions/", s.envoy.url("front"));
+    let (status, _, body) = send("GET", url.clone(), &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&s.setup.function_arn), "{body}");
+
+    // A client's own token, date, signature and trace id are dropped before signing: had any of them reached
+    // moto, it would refuse the request (unknown session token / signature mismatch).
+    let smuggled = [
+        ("x-amz-security-token", "FQoGZXIvYXdzEJr//////////smuggled"),
+        ("x-amz-date", "20000101T000000Z"),
+        ("authorization", "AWS4-HMAC-SHA256 Credential=AKIAEVIL/20000101/us-east-1/lambda/aws4_request, SignedHeaders=host, Signature=00"),
+        ("x-amzn-trace-id", "Root=1-00000000-000000000000000000000000"),
+    ];
+    let (status, _, body) = send("GET", url.clone(), &smuggled, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.envoy.stat("wasmcustom.aws.signed"), Some(2));
+
+    // The same request signed by boto3 with the token added is refused by moto: the check above can fail.
+    let refused = s.moto.python(&format!(
+        "import botocore.session, os, urllib.request\n\
+         from botocore.auth import SigV4Auth\nfrom botocore.awsrequest import AWSRequest\nfrom botocore.credentials import Credentials\n\
+         r = AWSRequest(method='GET', url=os.environ['MOTO_URL'] + '/2015-03-31/functions/')\n\
+         SigV4Auth(Credentials({:?}, {:?}, 'FQoGZXIvYXdzEJr//////////smuggled'), 'lambda', 'us-east-1').add_auth(r)\n\
+         p = r.prepare()\n\
+         try:\n    urllib.request.urlopen(urllib.request.Request(p.url, headers=dict(p.headers)))\n    print(200)\n\
+         except urllib.error.HTTPError as e:\n    print(e.code)\n",
+        s.setup.access_key_id, s.setup.secret_access_key
+    ));
+    assert_eq!(refused.trim(), "403");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lambda_invocations_by_name_and_arn_sync_async_and_api_gateway() {
+    let s = stack(json!({"region": "us-east-1", "service": "lambda"}), None, true);
+    let arn = s.setup.function_arn.clone();
+    let config = json!({
+        "region": "us-east-1", "service": "lambda",
+        "rules": [
+            {"match": {"prefix": "/by-name"}, "lambda": {"function": "orders"}},
+            {"match": {"prefix": "/by-arn"}, "lambda": {"function": arn, "qualifier": "$LATEST"}},
+            {"match": {"prefix": "/async"}, "lambda": {"function": "orders", "invocation": "async"}},
+            {"match": {"prefix": "/gw"}, "lambda": {"function": arn, "format": "api_gateway"}}
+        ]
+    });
+    let envoy = envoy(&s.moto, &s.setup, config.clone(), Some(config), true);
+    assert_eq!(envoy.stat("wasmcustom.aws.rules"), Some(4));
+
+    // Sync, raw: moto's Lambda echoes the payload, which is the request body. Both placements.
+    for listener in ["front", "down"] {
+        let (status, headers, body) =
+            send("POST", format!("{}/by-name/x", envoy.url(listener)), &[], r#"{"order": 42}"#).await;
+        assert_eq!(status, 200, "{listener}: {body}");
+        assert_eq!(body, r#"{"order": 42}"#, "{listener}");
+        assert_eq!(headers["content-type"], "application/json");
+    }
+    // By ARN (the path carries %3A, signed as %253A; moto refuses single encoding) with a qualifier.
+    let (status, _, body) = send("POST", format!("{}/by-arn", envoy.url("front")), &[], r#"{"a": 1}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, r#"{"a": 1}"#);
+
+    // Async: 202.
+    let (status, _, body) = send("POST", format!("{}/async", envoy.url("front")), &[], r#"{"b": 2}"#).await;
+    assert_eq!(status, 202, "{body}");
+
+    // API Gateway format: the function's proxy response is unwrapped; also for a request without a body.
+    s.moto.queue_lambda_results(&[
+        r#"{"statusCode": 201, "headers": {"x-fn": "yes", "content-type": "text/plain"}, "body": "created"}"#,
+        r#"{"statusCode": 404, "multiValueHeaders": {"x-multi": ["1", "2"]}, "body": "aGk=", "isBase64Encoded": true}"#,
+        r#"{"not": "a proxy response"}"#,
+    ]);
+    let (status, headers, body) = send("POST", format!("{}/gw/orders?id=7", envoy.url("front")), &[], "x").await;
+    assert_eq!((status, body.as_str()), (201, "created"));
+    assert_eq!(headers["x-fn"], "yes");
+    assert_eq!(headers["content-type"], "text/plain");
+    let (status, headers, body) = send("GET", format!("{}/gw/orders", envoy.url("front")), &[], "").await;
+    assert_eq!((status, body.as_str()), (404, "hi"));
+    let multi: Vec<&str> = headers.get_all("x-multi").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(multi, ["1", "2"]);
+    let (status, _, body) = send("GET", format!("{}/gw/orders", envoy.url("front")), &[], "").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("malformed Lambda proxy response"), "{body}");
+
+    // With moto's queue empty the function echoes the event: the raw route shows what an API Gateway event
+    // would carry is built from the request (checked field by field in the unit tests).
+    assert!(envoy.stat("wasmcustom.aws.lambda.invoked").unwrap() >= 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_put_and_get_with_awkward_keys_signed_and_unsigned_payloads() {
+    let s = stack(json!({"region": "us-east-1", "service": "s3"}), None, true);
+    let unsigned = envoy(
+        &s.moto,
+        &s.setup,
+        json!({"region": "us-east-1", "service": "s3", "payload": "unsigned"}),
+        None,
+        true,
+    );
+    let keys = [
+        ("a b/c:d", "/files/a%20b/c:d"),
+        ("100%", "/files/100%25"),
+        ("x@y", "/files/x@y"),
+        ("sp ace+plus", "/files/sp%20ace+plus"),
+    ];
+    for (i, (key, path)) in keys.iter().enumerate() {
+        let (gw, kind) = if i % 2 == 0 { (&s.envoy, "signed") } else { (&unsigned, "unsigned") };
+        let content = format!("content of {key}");
+        let (status, _, body) = send("PUT", format!("{}{path}", gw.url("front")), &[], content.clone()).await;
+        assert_eq!(status, 200, "PUT {key} ({kind}): {body}");
+        let (status, _, body) = send("GET", format!("{}{path}", gw.url("front")), &[], "").await;
+        assert_eq!((status, body.as_str()), (200, content.as_str()), "GET {key}");
+    }
+    // The objects have exactly the intended keys (read back with boto3, moto's own signer).
+    let listed = s.moto.python(&format!(
+        "import boto3, json, os\nc = boto3.client('s3', endpoint_url=os.environ['MOTO_URL'], region_name='us-east-1', aws_access_key_id={:?}, aws_secret_access_key={:?})\nprint(json.dumps(sorted(o['Key'] for o in c.list_objects_v2(Bucket='files')['Contents'])))",
+        s.setup.access_key_id, s.setup.secret_access_key
+    ));
+    let listed: Vec<String> = serde_json::from_str(listed.trim()).unwrap();
+    let mut expected: Vec<String> = keys.iter().map(|(k, _)| k.to_string()).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_from_sts_assume_role_are_cached_and_used() {
+    let moto = Moto::start();
+    let setup = moto.setup();
+    let config = json!({"region": "us-east-1", "service": "sts", "credentials": {"source": "env",
+        "assume_role": {"role_arn": setup.role_arn, "cluster": "sts", "session_name": "envoy-test"}}});
+    let envoy = envoy(&moto, &setup, config, None, true);
+    for _ in 0..3 {
+        let (status, body) = caller_identity(&envoy, "front").await;
+        assert_eq!(status, 200, "{body}");
+        // The identity is the assumed role, not the user whose keys are in the environment.
+        assert!(body.contains("<Arn>arn:aws:sts::123456789012:assumed-role/app/envoy-test</Arn>"), "{body}");
+    }
+    let refreshed = envoy.stat("wasmcustom.aws.sts.refreshed").unwrap();
+    assert!((1..=2).contains(&refreshed), "STS called {refreshed} times for 3 requests");
+    assert_eq!(envoy.stat("wasmcustom.aws.sts.failed"), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_credentials_and_unreachable_sts_are_503_and_large_bodies_413() {
+    let moto = Moto::start();
+    let setup = moto.setup();
+    // No keys in the environment.
+    let envoy_without =
+        envoy(&moto, &setup, json!({"region": "us-east-1", "service": "sqs", "max_body": "16B"}), None, false);
+    let (status, _, body) = send("GET", format!("{}/?Action=ListQueues", envoy_without.url("front")), &[], "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("AWS_ACCESS_KEY_ID") && body.contains(r#""filter":"aws""#), "{body}");
+    assert_eq!(envoy_without.stat("wasmcustom.aws.credentials.unavailable"), Some(1));
+    let (status, _, body) = send("POST", format!("{}/", envoy_without.url("front")), &[FORM], "x".repeat(100)).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(envoy_without.stat("wasmcustom.aws.body_too_large"), Some(1));
+
+    // STS refuses (unknown base key): 503 with STS's reason, no secret in it.
+    let config = json!({"region": "us-east-1", "service": "sts", "credentials": {
+        "access_key_id": "AKIAUNKNOWN0000000000", "secret_access_key": "not-the-secret",
+        "assume_role": {"role_arn": setup.role_arn, "cluster": "sts"}}});
+    let envoy_bad_sts = envoy(&moto, &setup, config, None, false);
+    let (status, body) = caller_identity(&envoy_bad_sts, "front").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("STS answered 403"), "{body}");
+    assert!(!body.contains("not-the-secret") && !envoy_bad_sts.log().contains("not-the-secret"));
+    assert!(envoy_bad_sts.stat("wasmcustom.aws.sts.failed").unwrap() >= 1);
+}
