@@ -65,7 +65,8 @@ function = boto3.client("lambda", **kw).create_function(
     Code={"ZipFile": code.getvalue()})
 boto3.client("s3", **kw).create_bucket(Bucket="files")
 queue = boto3.client("sqs", **kw).create_queue(QueueName="jobs")["QueueUrl"]
-post("/moto-api/reset-auth", "0", "text/plain")
+if os.environ.get("MOTO_AUTH") != "off":
+    post("/moto-api/reset-auth", "0", "text/plain")
 print(json.dumps({"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"],
                   "role_arn": role["Arn"], "function_arn": function["FunctionArn"], "queue_url": queue}))
 "#;
@@ -126,7 +127,13 @@ impl Moto {
 
     /// Creates the user, role, function, bucket and queue, then turns signature checking on.
     pub fn setup(&self) -> MotoSetup {
-        let out = self.python(SETUP);
+        self.setup_with_auth(true)
+    }
+
+    /// As [`Moto::setup`]; with `auth: false` signature checking stays off (for the few calls moto cannot check,
+    /// e.g. it insists on an `Authorization` header for `AssumeRoleWithWebIdentity`, which AWS does not).
+    pub fn setup_with_auth(&self, auth: bool) -> MotoSetup {
+        let out = self.python_with_env(SETUP, &[("MOTO_AUTH", if auth { "on" } else { "off" })]);
         let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("setup output {out:?}: {e}"));
         let field = |name: &str| v[name].as_str().unwrap_or_else(|| panic!("setup output without {name}")).to_string();
         MotoSetup {
@@ -141,11 +148,16 @@ impl Moto {
     /// Runs a Python script with the virtualenv's interpreter (boto3 available, `MOTO_URL` set); returns its
     /// stdout, panics with its stderr if it fails.
     pub fn python(&self, script: &str) -> String {
+        self.python_with_env(script, &[])
+    }
+
+    fn python_with_env(&self, script: &str, env: &[(&str, &str)]) -> String {
         let python = paths::project_root().join(".venv/bin/python");
         let output = Command::new(&python)
             .arg("-c")
             .arg(script)
             .env("MOTO_URL", self.url())
+            .envs(env.iter().copied())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
         assert!(

@@ -288,3 +288,23 @@ async fn missing_credentials_and_unreachable_sts_are_503_and_large_bodies_413() 
     assert!(!body.contains("not-the-secret") && !envoy_bad_sts.log().contains("not-the-secret"));
     assert!(envoy_bad_sts.stat("wasmcustom.aws.sts.failed").unwrap() >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_from_sts_web_identity_with_the_token_from_the_environment() {
+    // moto wants an Authorization header on AssumeRoleWithWebIdentity (AWS does not: the call is unsigned), so
+    // this one runs with signature checking off. The identity moto reports is still the one behind the
+    // credentials the filter fetched and used: the role session named here.
+    let moto = Moto::start();
+    let setup = moto.setup_with_auth(false);
+    let config = json!({"region": "us-east-1", "service": "sts", "cluster": "aws_direct", "credentials": {
+        "web_identity": {"role_arn": setup.role_arn, "cluster": "sts", "session_name": "web-test"}}});
+    let envoy = EnvoyConfig::new("aws.yaml")
+        .upstream(5000, moto.port())
+        .plugin_config("aws", config)
+        .env("AWS_WEB_IDENTITY_TOKEN", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0ZXN0In0.c2ln")
+        .start();
+    let (status, body) = caller_identity(&envoy, "front").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("assumed-role/app/web-test"), "{body}");
+    assert_eq!(envoy.stat("wasmcustom.aws.sts.refreshed"), Some(1));
+}
