@@ -308,3 +308,83 @@ async fn credentials_from_sts_web_identity_with_the_token_from_the_environment()
     assert!(body.contains("assumed-role/app/web-test"), "{body}");
     assert_eq!(envoy.stat("wasmcustom.aws.sts.refreshed"), Some(1));
 }
+
+/// A container-credentials endpoint (what ECS serves at 169.254.170.2): a small Python HTTP server that answers
+/// `GET /v2/credentials/test` carrying `Authorization: <token>` with the given credentials, and 401 otherwise.
+struct EcsEndpoint {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl EcsEndpoint {
+    fn start(credentials: &str, token: &str) -> EcsEndpoint {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let script = format!(
+            "import http.server\n\
+             class H(http.server.BaseHTTPRequestHandler):\n\
+             \x20   def log_message(self, *args):\n\
+             \x20       pass\n\
+             \x20   def do_GET(self):\n\
+             \x20       ok = self.path == '/v2/credentials/test' and self.headers.get('Authorization') == {token:?}\n\
+             \x20       body = {credentials:?}.encode() if ok else b'{{}}'\n\
+             \x20       self.send_response(200 if ok else 401)\n\
+             \x20       self.send_header('content-length', str(len(body)))\n\
+             \x20       self.end_headers()\n\
+             \x20       self.wfile.write(body)\n\
+             http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+        );
+        let python = integration_tests::paths::project_root().join(".venv/bin/python");
+        let child = std::process::Command::new(python).arg("-c").arg(script).spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the ECS endpoint did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        EcsEndpoint { child, port }
+    }
+}
+
+impl Drop for EcsEndpoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_from_the_ecs_container_endpoint() {
+    let moto = Moto::start();
+    let setup = moto.setup();
+    // Temporary credentials of the role, as ECS would hand them to a task (made with boto3 and the user's keys).
+    let credentials = moto.python(&format!(
+        "import boto3, json, os\n\
+         c = boto3.client('sts', endpoint_url=os.environ['MOTO_URL'], region_name='us-east-1', \
+         aws_access_key_id={:?}, aws_secret_access_key={:?})\n\
+         r = c.assume_role(RoleArn={:?}, RoleSessionName='ecs-task')['Credentials']\n\
+         print(json.dumps({{'AccessKeyId': r['AccessKeyId'], 'SecretAccessKey': r['SecretAccessKey'], \
+         'Token': r['SessionToken'], 'Expiration': r['Expiration'].strftime('%Y-%m-%dT%H:%M:%SZ')}}))",
+        setup.access_key_id, setup.secret_access_key, setup.role_arn
+    ));
+    let endpoint = EcsEndpoint::start(credentials.trim(), "task-token");
+    let config = json!({"region": "us-east-1", "service": "sts", "cluster": "aws_direct",
+                        "credentials": {"ecs": {"cluster": "ecs"}}});
+    let start = |token: &str| {
+        EnvoyConfig::new("aws.yaml")
+            .upstream(5000, moto.port())
+            .upstream(8082, endpoint.port)
+            .plugin_config("aws", config.clone())
+            .env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/credentials/test")
+            .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token)
+            .start()
+    };
+    let envoy = start("task-token");
+    let (status, body) = caller_identity(&envoy, "front").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("assumed-role/app/ecs-task"), "{body}");
+
+    // A wrong authorization token: the endpoint refuses, the client gets 503 with the reason.
+    let refused = start("wrong-token");
+    let (status, body) = caller_identity(&refused, "front").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("container-credentials endpoint answered 401"), "{body}");
+}

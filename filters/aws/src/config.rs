@@ -80,6 +80,17 @@ struct RawCredentials {
     session_token: Option<String>,
     assume_role: Option<RawAssumeRole>,
     web_identity: Option<RawWebIdentity>,
+    ecs: Option<RawEcs>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEcs {
+    cluster: String,
+    host: Option<String>,
+    path: Option<String>,
+    token_env: Option<String>,
+    timeout: Option<DurationStr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +208,9 @@ pub enum StsKind {
     AssumeRole { base: Box<CredentialSource>, external_id: Option<String> },
     /// `AssumeRoleWithWebIdentity` with the token in this environment variable (a Wasm VM cannot read files).
     WebIdentity { token_env: String },
+    /// The ECS container-credentials endpoint: `GET path` (default: `$AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`)
+    /// with `Authorization: $<token_env>` when that variable is set.
+    Ecs { path: Option<String>, token_env: String },
 }
 
 impl Config {
@@ -326,6 +340,34 @@ fn credentials(raw: RawCredentials, region: &str) -> Result<CredentialSource, Co
             return Err(ConfigError::at("source", format!("unknown source {other:?}, expected \"env\" or \"inline\"")));
         }
     };
+    if let Some(ecs) = raw.ecs {
+        if raw.assume_role.is_some() || raw.web_identity.is_some() || inline || raw.source.is_some() {
+            return Err(ConfigError::at("ecs", "set `ecs` alone (it is the whole credential source)"));
+        }
+        if ecs.cluster.is_empty() {
+            return Err(ConfigError::at("ecs.cluster", "must not be empty"));
+        }
+        if let Some(path) = &ecs.path {
+            if !path.starts_with('/') {
+                return Err(ConfigError::at(
+                    "ecs.path",
+                    format!("invalid path {path:?}, expected e.g. \"/v2/credentials/...\""),
+                ));
+            }
+        }
+        return Ok(CredentialSource::Sts(Sts {
+            kind: StsKind::Ecs {
+                path: ecs.path,
+                token_env: ecs.token_env.unwrap_or_else(|| "AWS_CONTAINER_AUTHORIZATION_TOKEN".to_string()),
+            },
+            role_arn: String::new(),
+            cluster: ecs.cluster,
+            host: ecs.host.unwrap_or_else(|| "169.254.170.2".to_string()),
+            session_name: String::new(),
+            duration_seconds: 0,
+            timeout_ms: ecs.timeout.map_or(2000, DurationStr::as_millis_u32),
+        }));
+    }
     match (raw.assume_role, raw.web_identity) {
         (Some(_), Some(_)) => Err(ConfigError::at("", "set only one of `assume_role`, `web_identity`")),
         (None, None) => Ok(base),
@@ -469,6 +511,19 @@ mod tests {
         assert_eq!(sts.host, "sts.eu-west-1.amazonaws.com");
         assert_eq!(sts.duration_seconds, 900);
         assert!(matches!(sts.kind, StsKind::AssumeRole { ref base, .. } if matches!(**base, CredentialSource::Env)));
+
+        let ecs =
+            parse(br#"{"region": "eu-west-1", "service": "sqs", "credentials": {"ecs": {"cluster": "ecs"}}}"#).unwrap();
+        let CredentialSource::Sts(sts) = ecs.credentials else { panic!("ecs") };
+        assert_eq!(sts.host, "169.254.170.2");
+        assert!(
+            matches!(sts.kind, StsKind::Ecs { path: None, ref token_env } if token_env == "AWS_CONTAINER_AUTHORIZATION_TOKEN")
+        );
+        let err = parse(
+            br#"{"region": "eu-west-1", "service": "sqs", "credentials": {"ecs": {"cluster": "e", "path": "x"}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), r#"credentials.ecs.path: invalid path "x", expected e.g. "/v2/credentials/...""#);
 
         let web = parse(
             br#"{"region": "eu-west-1", "service": "sqs", "credentials": {"web_identity":

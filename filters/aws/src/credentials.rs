@@ -40,6 +40,46 @@ pub struct StsRequest {
     pub body: Vec<u8>,
 }
 
+/// The ECS container-credentials request: `GET path` with the authorization token when there is one.
+pub fn ecs_request(host: &str, path: Option<&str>, token: Option<&str>) -> Result<StsRequest, String> {
+    let path = path.filter(|p| p.starts_with('/')).ok_or(
+        "no container-credentials path: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI is not set in the Wasm VM's environment",
+    )?;
+    let mut headers = vec![
+        (":method".to_string(), "GET".to_string()),
+        (":path".to_string(), path.to_string()),
+        (":authority".to_string(), host.to_string()),
+        ("accept".to_string(), "application/json".to_string()),
+    ];
+    if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+        headers.push(("authorization".to_string(), token.to_string()));
+    }
+    Ok(StsRequest { headers, body: Vec::new() })
+}
+
+/// Parses the container-credentials endpoint's JSON (`AccessKeyId`, `SecretAccessKey`, `Token`, `Expiration`).
+pub fn parse_ecs_response(status: u32, body: &[u8]) -> Result<Temporary, String> {
+    if status != 200 {
+        return Err(format!("container-credentials endpoint answered {status}"));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| "container-credentials answer is not JSON".to_string())?;
+    let field = |name: &str| {
+        value
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or(format!("container credentials without {name}"))
+    };
+    let expiration = field("Expiration")?;
+    Ok(Temporary {
+        access_key_id: field("AccessKeyId")?,
+        secret_access_key: field("SecretAccessKey")?,
+        session_token: field("Token")?,
+        expires: sigv4::parse_iso8601(&expiration).ok_or("container credentials with an unreadable Expiration")?,
+    })
+}
+
 /// Builds the STS call: `AssumeRole` signed with `base` (required for it), or `AssumeRoleWithWebIdentity`
 /// (unsigned) with `web_token`.
 pub fn sts_request(
@@ -64,6 +104,7 @@ pub fn sts_request(
                 params.push(("ExternalId", id.clone()));
             }
         }
+        StsKind::Ecs { .. } => return Err("the ECS endpoint is not STS".to_string()),
         StsKind::WebIdentity { token_env } => {
             params.insert(0, ("Action", "AssumeRoleWithWebIdentity".to_string()));
             let token = web_token
@@ -247,6 +288,7 @@ impl Sts {
         match self.kind {
             StsKind::AssumeRole { .. } => "assume_role",
             StsKind::WebIdentity { .. } => "web_identity",
+            StsKind::Ecs { .. } => "ecs",
         }
     }
 }
@@ -365,6 +407,21 @@ mod tests {
             br#"<ErrorResponse><Error><Code>AccessDenied</Code><Message>not allowed</Message></Error></ErrorResponse>"#;
         assert_eq!(parse_sts_response(403, denied).unwrap_err(), "STS answered 403 (AccessDenied: not allowed)");
         assert!(parse_sts_response(200, b"<x/>").unwrap_err().contains("without <Expiration>"));
+    }
+
+    #[test]
+    fn ecs_requests_and_answers() {
+        let req = ecs_request("169.254.170.2", Some("/v2/credentials/abc"), Some(" tok ")).unwrap();
+        assert!(req.headers.contains(&(":path".to_string(), "/v2/credentials/abc".to_string())));
+        assert!(req.headers.contains(&("authorization".to_string(), "tok".to_string())));
+        assert!(!ecs_request("h", Some("/p"), None).unwrap().headers.iter().any(|(n, _)| n == "authorization"));
+        assert!(ecs_request("h", None, None).unwrap_err().contains("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"));
+        let ok =
+            br#"{"AccessKeyId": "ASIA1", "SecretAccessKey": "S", "Token": "T", "Expiration": "2015-08-30T13:36:00Z"}"#;
+        let t = parse_ecs_response(200, ok).unwrap();
+        assert_eq!((t.access_key_id.as_str(), t.expires), ("ASIA1", 1_440_938_160 + 3600));
+        assert_eq!(parse_ecs_response(401, b"").unwrap_err(), "container-credentials endpoint answered 401");
+        assert!(parse_ecs_response(200, br#"{"AccessKeyId": "A"}"#).is_err());
     }
 
     #[test]

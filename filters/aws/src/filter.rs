@@ -92,6 +92,11 @@ impl Shared {
                 let token = std::env::var(token_env).ok();
                 credentials::sts_request(sts, &self.config.region, None, token.as_deref(), now)
             }
+            StsKind::Ecs { path, token_env } => {
+                let path = path.clone().or_else(|| std::env::var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").ok());
+                let token = std::env::var(token_env).ok();
+                credentials::ecs_request(&sts.host, path.as_deref(), token.as_deref())
+            }
         };
         let request = match request {
             Ok(r) => r,
@@ -102,7 +107,8 @@ impl Shared {
         };
         let headers: Vec<(&str, &str)> = request.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         let timeout = Duration::from_millis(u64::from(sts.timeout_ms));
-        match hostcalls::dispatch_http_call(&sts.cluster, headers, Some(&request.body), Vec::new(), timeout) {
+        let body = if request.body.is_empty() { None } else { Some(request.body.as_slice()) };
+        match hostcalls::dispatch_http_call(&sts.cluster, headers, body, Vec::new(), timeout) {
             Ok(token) => Ok(Some(token)),
             Err(status) => {
                 cache.unlock(&HostStore);
@@ -113,11 +119,13 @@ impl Shared {
 
     /// Handles STS's answer to a call this context made: caches the credentials and releases the lock.
     fn finish_sts_fetch(&self, body_size: usize) -> Result<Credentials, String> {
-        let Some((cache, _)) = &self.cache else { return Err("no STS configuration".to_string()) };
+        let Some((cache, sts)) = &self.cache else { return Err("no STS configuration".to_string()) };
         let (status, _, body) = call_response(body_size);
-        let result = match status {
-            None => Err("STS unreachable (no answer from its cluster)".to_string()),
-            Some(status) => credentials::parse_sts_response(status, &body),
+        let result = match (status, &sts.kind) {
+            (None, StsKind::Ecs { .. }) => Err("container-credentials endpoint unreachable".to_string()),
+            (None, _) => Err("STS unreachable (no answer from its cluster)".to_string()),
+            (Some(status), StsKind::Ecs { .. }) => credentials::parse_ecs_response(status, &body),
+            (Some(status), _) => credentials::parse_sts_response(status, &body),
         };
         let result = result.map(|temporary| {
             cache.store(&HostStore, &temporary);
@@ -187,7 +195,8 @@ impl RootContext for Root {
             CredentialSource::Env => "environment (not set yet)",
             CredentialSource::Inline(_) => "inline",
             CredentialSource::Sts(Sts { kind: StsKind::AssumeRole { .. }, .. }) => "STS AssumeRole",
-            CredentialSource::Sts(_) => "STS AssumeRoleWithWebIdentity",
+            CredentialSource::Sts(Sts { kind: StsKind::WebIdentity { .. }, .. }) => "STS AssumeRoleWithWebIdentity",
+            CredentialSource::Sts(_) => "the ECS container-credentials endpoint",
         };
         log::info!("{FILTER}: configuration applied ({rules} rules, credentials from {source})");
         let nonce = self.shared.as_ref().map(|s| s.nonce.clone()).unwrap_or_else(random_nonce);
