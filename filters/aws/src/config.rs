@@ -260,7 +260,7 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         if bare.is_empty() || !bare.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(ConfigError::at(format!("unsigned_headers[{i}]"), format!("invalid header name {name:?}")));
         }
-        if bare == "host" || (bare.starts_with("x-amz-") && lower != "x-amz-*") {
+        if bare == "host" || bare.starts_with("x-amz-") {
             return Err(ConfigError::at(
                 format!("unsigned_headers[{i}]"),
                 format!("{name:?} must be signed (host and x-amz-* always are)"),
@@ -575,6 +575,10 @@ mod tests {
                 "credentials.assume_role.duration: must be between 15m and 12h",
             ),
             (r#"{"region": "us-east-1", "service": "s3", "unsigned_headers": ["host"]}"#, "unsigned_headers[0]"),
+            (
+                r#"{"region": "us-east-1", "service": "s3", "unsigned_headers": ["x-ok", "x-amz-*"]}"#,
+                r#"unsigned_headers[1]: "x-amz-*" must be signed"#,
+            ),
             (r#"{"region": "us-east-1", "service": "s3", "host": "a b"}"#, r#"host: invalid host "a b""#),
         ];
         for (json, expected) in cases {

@@ -1,15 +1,16 @@
 //! proxy-wasm glue: reads what the logic needs from the host, calls the logic, applies the result. The only
 //! module that talks to the host (through `shared::host` and a few `proxy_wasm::hostcalls`).
 //!
-//! Per request:
-//! - generic mode: the request's headers are rewritten and signed in place (after buffering the body, bounded,
-//!   when the payload is signed) and the request continues to its upstream;
-//! - Lambda mode: the body is buffered, the Invoke request is built, signed and sent with `dispatch_http_call` to
-//!   the Lambda cluster (the request's own cluster unless configured), and the client gets the answer as a local
-//!   reply (this also works for requests without a body, which a filter cannot give one).
-//! - Temporary credentials (STS) come from shared data; when they are missing, this worker fetches them (one
-//!   worker at a time, a refresh lock in shared data) and the request waits; the root context refreshes them
-//!   ahead of expiry on a tick.
+//! What the host allows shapes this: Envoy turns a pause in `on_http_request_headers` into "stop all" (the body
+//! is not delivered until the headers are released), and once released the headers can no longer be changed. So:
+//! - requests without a body, and any request with `payload: "unsigned"`, are signed in place while their
+//!   headers are held, and stream on to their upstream (the upstream placement signs exactly what is sent);
+//! - requests whose body must be hashed (`payload: "signed"`) and Lambda invocations release their headers, the
+//!   body is buffered (bounded) here, and the filter sends the signed request (or the Invoke call) itself with
+//!   `dispatch_http_call` to `cluster`; the answer becomes the client's response (a local reply). A buffer filter
+//!   after this one holds the original request meanwhile (Envoy's `envoy.filters.http.buffer`);
+//! - temporary credentials (STS, web identity, ECS endpoint) live in shared data; a worker that finds none takes
+//!   the refresh lock and fetches them while its request waits; the root context refreshes ahead of expiry.
 
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
