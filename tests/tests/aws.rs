@@ -388,3 +388,27 @@ async fn credentials_from_the_ecs_container_endpoint() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("container-credentials endpoint answered 401"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_lambda_route() {
+    // envoy-test/aws-demo.yaml: the aws parts proposed for the demo gateway, with its default plugin configuration.
+    let moto = Moto::start();
+    let setup = moto.setup();
+    moto.python(&format!(
+        "import boto3, io, os, zipfile\n\
+         z = io.BytesIO()\nzipfile.ZipFile(z, 'w').writestr('index.py', 'def handler(e, c):\\n    return e\\n')\n\
+         boto3.client('lambda', endpoint_url=os.environ['MOTO_URL'], region_name='us-east-1', \
+         aws_access_key_id={:?}, aws_secret_access_key={:?}).create_function(FunctionName='demo', \
+         Runtime='python3.12', Role={:?}, Handler='index.handler', Code={{'ZipFile': z.getvalue()}})",
+        setup.access_key_id, setup.secret_access_key, setup.role_arn
+    ));
+    let envoy = EnvoyConfig::new("aws-demo.yaml")
+        .upstream(5000, moto.port())
+        .env("AWS_ACCESS_KEY_ID", &setup.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &setup.secret_access_key)
+        .start();
+    let (status, _, body) = send("POST", format!("{}/aws/orders", envoy.url("front")), &[], r#"{"order": 42}"#).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"order": 42}"#));
+    assert_eq!(envoy.stat("wasmcustom.aws.rules"), Some(0));
+    assert_eq!(envoy.stat("wasmcustom.aws.lambda.invoked"), Some(1));
+}
