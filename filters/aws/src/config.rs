@@ -268,6 +268,13 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         }
         unsigned_headers.push(lower);
     }
+    let uses_lambda = raw.lambda.is_some() || raw.rules.iter().any(|r| r.lambda.is_some());
+    if uses_lambda && raw.service != "lambda" {
+        return Err(ConfigError::at(
+            "service",
+            format!("Lambda invocations are signed for service \"lambda\", not {:?}", raw.service),
+        ));
+    }
     let lambda = raw.lambda.map(|l| lambda_config(l, &raw.region).map_err(|e| e.under("lambda"))).transpose()?;
     let mut rules = Vec::with_capacity(raw.rules.len());
     for (i, rule) in raw.rules.into_iter().enumerate() {
@@ -580,6 +587,10 @@ mod tests {
                 r#"unsigned_headers[1]: "x-amz-*" must be signed"#,
             ),
             (r#"{"region": "us-east-1", "service": "s3", "host": "a b"}"#, r#"host: invalid host "a b""#),
+            (
+                r#"{"region": "us-east-1", "service": "s3", "lambda": {"function": "f"}}"#,
+                r#"service: Lambda invocations are signed for service "lambda", not "s3""#,
+            ),
         ];
         for (json, expected) in cases {
             let err = parse(json.as_bytes()).unwrap_err().to_string();
