@@ -107,41 +107,77 @@ struct Pending {
     rule: usize,
     subject: String,
     headers: Vec<(String, String)>,
+    /// `:method` and `:path`, for the envelope (request headers cannot be read once they have continued).
+    method: String,
+    path: String,
     is_grpc: bool,
+    /// Body bytes buffered so far.
+    buffered: usize,
 }
 
 struct InFlight {
     subject: String,
     payload_bytes: usize,
+    /// Header block and payload: what the server compares with its `max_payload`.
+    wire_size: usize,
     started: u64,
     is_grpc: bool,
+    /// Set when this call is a probe for the server's `max_payload` after the publish lost its connection: the
+    /// failure to answer unless the message turns out to be too large.
+    probe_for: Option<Failure>,
 }
 
 impl Context for Stream {
-    fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(&mut self, _token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         let Some(in_flight) = self.in_flight.take() else { return };
         let Some(active) = &self.active else { return };
-        let status = match hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status") {
-            Ok(Some(bytes)) => std::str::from_utf8(&bytes).ok().and_then(|s| s.parse().ok()),
-            _ => None,
+        // A failed call (reset, timeout) has no headers and no body, and the SDK's getters panic on reading them.
+        let status = if num_headers == 0 {
+            None
+        } else {
+            match hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status") {
+                Ok(Some(bytes)) => std::str::from_utf8(&bytes).ok().and_then(|s| s.parse().ok()),
+                _ => None,
+            }
         };
-        let body = match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
-            Ok(Some(bytes)) => bytes,
-            _ => Vec::new(),
-        };
+        let body = read_buffer(BufferType::HttpCallResponseBody, body_size);
         let now = MonotonicClock.now_nanos();
-        let (result, info) = outcome::classify(&TunnelResponse {
+        let classified = outcome::classify(&TunnelResponse {
             status,
             body: &body,
             elapsed_nanos: now.saturating_sub(in_flight.started),
             timeout_nanos: active.config.timeout.as_nanos_u64(),
         });
-        if let Some(max_payload) = info.and_then(|info| info.max_payload) {
+        let server_max = classified.info.and_then(|info| info.max_payload);
+        if let Some(max_payload) = server_max {
             let mut cache = active.max_payload.get();
             cache.update(max_payload, now);
             active.max_payload.set(cache);
         }
-        match result {
+        if let Some(original) = in_flight.probe_for {
+            let failure = outcome::too_large(in_flight.wire_size, server_max).unwrap_or(original);
+            fail(&active.metrics, &failure, in_flight.is_grpc, Some(&in_flight.subject));
+            return;
+        }
+        match classified.result {
+            Err(failure) if classified.connection_lost => {
+                let known_max = server_max.or_else(|| active.max_payload.get().limit(now));
+                if known_max.is_some() {
+                    let failure = outcome::too_large(in_flight.wire_size, known_max).unwrap_or(failure);
+                    fail(&active.metrics, &failure, in_flight.is_grpc, Some(&in_flight.subject));
+                    return;
+                }
+                // Unknown limit: ask the server (CONNECT, PING; nothing is published) before answering.
+                let probe = protocol::probe_request(&active.config.connect);
+                match dispatch(&active.config, &probe) {
+                    Ok(_) => {
+                        self.in_flight = Some(InFlight { probe_for: Some(failure), started: now, ..in_flight });
+                    }
+                    Err(_) => {
+                        fail(&active.metrics, &failure, in_flight.is_grpc, Some(&in_flight.subject));
+                    }
+                }
+            }
             Ok(()) => {
                 active.metrics.count(Event::Published);
                 active.metrics.published_bytes.add(in_flight.payload_bytes as u64);
@@ -178,15 +214,26 @@ impl HttpContext for Stream {
         if limit.declared_too_large(host::request_header("content-length").as_deref()) {
             return fail(&active.metrics, &Failure::TooLarge(limit.too_large_message()), grpc, Some(&subject));
         }
-        self.pending = Some(Pending { rule: index, subject, headers, is_grpc: grpc });
+        let (method, path) = match rule.payload {
+            PayloadMode::Envelope => {
+                (host::request_header(":method").unwrap_or_default(), host::request_header(":path").unwrap_or_default())
+            }
+            PayloadMode::Body => (String::new(), String::new()),
+        };
+        self.pending = Some(Pending { rule: index, subject, headers, method, path, is_grpc: grpc, buffered: 0 });
         if end_of_stream {
             return self.publish(Vec::new());
         }
-        Action::Pause
+        // Envoy turns a paused request-headers callback into StopAllIterationAndWatermark, which withholds the body
+        // from this filter too: to see the body the headers must continue. They stop at the next filter, Envoy's
+        // `buffer` filter, which the configuration puts between this filter and the router (see README), so the
+        // route's upstream never sees a request that is published instead.
+        Action::Continue
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Some(active), Some(pending)) = (&self.active, &self.pending) else { return Action::Continue };
+        let (Some(active), Some(pending)) = (&self.active, &mut self.pending) else { return Action::Continue };
+        pending.buffered = body_size;
         let limit = BodyLimit::new(active.config.max_body.as_usize());
         match limit.progress(body_size, end_of_stream) {
             BodyProgress::Buffering => Action::Pause,
@@ -197,7 +244,7 @@ impl HttpContext for Stream {
                 action
             }
             BodyProgress::Complete => {
-                let body = read_body(body_size);
+                let body = read_buffer(BufferType::HttpRequestBody, body_size);
                 self.publish(body)
             }
         }
@@ -207,7 +254,7 @@ impl HttpContext for Stream {
         let (Some(active), Some(pending)) = (&self.active, &self.pending) else { return Action::Continue };
         // The body ended before the trailers: what is buffered is all of it.
         let max = active.config.max_body.as_usize();
-        let body = read_body(max.saturating_add(1));
+        let body = read_buffer(BufferType::HttpRequestBody, pending.buffered);
         if body.len() > max {
             let limit = BodyLimit::new(max);
             let action = fail(
@@ -232,11 +279,9 @@ impl Stream {
         let payload: Cow<'_, [u8]> = match rule.payload {
             PayloadMode::Body => Cow::Borrowed(&body),
             PayloadMode::Envelope => {
-                let method = host::request_header(":method").unwrap_or_default();
-                let full_path = host::request_header(":path").unwrap_or_default();
-                let (path, query) = split_path(&full_path);
+                let (path, query) = split_path(&pending.path);
                 Cow::Owned(envelope::build(&envelope::Request {
-                    method: &method,
+                    method: &pending.method,
                     path,
                     query,
                     headers: &pending.headers,
@@ -247,23 +292,19 @@ impl Stream {
         let block = protocol::header_block(&pending.headers);
         let size = block.len() + payload.len();
         let now = MonotonicClock.now_nanos();
-        if let Some(max_payload) = active.max_payload.get().limit(now) {
-            if size as u64 > max_payload {
-                let message = format!(
-                    "message of {size} bytes is larger than the NATS server's max_payload of {max_payload} bytes"
-                );
-                return fail(&active.metrics, &Failure::TooLarge(message), pending.is_grpc, Some(&pending.subject));
-            }
+        if let Some(failure) = outcome::too_large(size, active.max_payload.get().limit(now)) {
+            return fail(&active.metrics, &failure, pending.is_grpc, Some(&pending.subject));
         }
         let request = protocol::publish_request(&config.connect, &pending.subject, &block, &payload);
-        let headers = vec![(":method", "POST"), (":path", "/"), (":authority", "nats"), (":scheme", "http")];
-        match self.dispatch_http_call(&config.cluster, headers, Some(&request), vec![], config.timeout.0) {
+        match dispatch(config, &request) {
             Ok(_) => {
                 self.in_flight = Some(InFlight {
                     subject: pending.subject,
                     payload_bytes: payload.len(),
+                    wire_size: size,
                     started: now,
                     is_grpc: pending.is_grpc,
+                    probe_for: None,
                 });
                 Action::Pause
             }
@@ -277,9 +318,19 @@ impl Stream {
     }
 }
 
-/// The buffered request body (up to `max` bytes); empty when the host has none.
-fn read_body(max: usize) -> Vec<u8> {
-    match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, max) {
+/// Sends one tunnel request (an HTTP/2 POST whose body is NATS protocol) to the configured cluster.
+fn dispatch(config: &Config, body: &[u8]) -> Result<u32, proxy_wasm::types::Status> {
+    let headers = vec![(":method", "POST"), (":path", "/"), (":authority", "nats"), (":scheme", "http")];
+    hostcalls::dispatch_http_call(&config.cluster, headers, Some(body), vec![], config.timeout.0)
+}
+
+/// A host buffer of `size` bytes. Only asked for when the host said it has bytes: the SDK's getter panics when the
+/// buffer is absent.
+fn read_buffer(buffer: BufferType, size: usize) -> Vec<u8> {
+    if size == 0 {
+        return Vec::new();
+    }
+    match hostcalls::get_buffer(buffer, 0, size) {
         Ok(Some(bytes)) => bytes,
         _ => Vec::new(),
     }

@@ -92,19 +92,49 @@ pub struct TunnelResponse<'a> {
     pub timeout_nanos: u64,
 }
 
-/// Classifies the tunnel's answer; also returns the server's `INFO` when there was one.
-pub fn classify(response: &TunnelResponse<'_>) -> (Result<(), Failure>, Option<ServerInfo>) {
+/// What the tunnel's answer means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    pub result: Result<(), Failure>,
+    /// The server's `INFO`, when it sent one.
+    pub info: Option<ServerInfo>,
+    /// The connection ended without `PONG` or `-ERR`. nats-server closes the connection on a message over its
+    /// `max_payload` before it has read the client's bytes, and Envoy then reports a reset that loses the `-ERR`:
+    /// such a failure is checked against the server's `max_payload` (see [`too_large`]).
+    pub connection_lost: bool,
+}
+
+/// Classifies the tunnel's answer.
+pub fn classify(response: &TunnelResponse<'_>) -> Classified {
+    let (result, info) = classify_result(response);
+    let connection_lost = match &result {
+        Err(Failure::Unavailable(why)) | Err(Failure::Rejected(why)) => why.contains(LOST),
+        _ => false,
+    };
+    Classified { result, info, connection_lost }
+}
+
+/// Marks the messages of lost connections.
+const LOST: &str = "the connection to the NATS server was";
+
+/// A 413 when a message of `wire_size` bytes (headers and payload) is over the server's `max_payload`.
+pub fn too_large(wire_size: usize, max_payload: Option<u64>) -> Option<Failure> {
+    let max = max_payload?;
+    (wire_size as u64 > max).then(|| {
+        Failure::TooLarge(format!(
+            "message of {wire_size} bytes is larger than the NATS server's max_payload of {max} bytes"
+        ))
+    })
+}
+
+fn classify_result(response: &TunnelResponse<'_>) -> (Result<(), Failure>, Option<ServerInfo>) {
     let status = match response.status {
         Some(status) => status,
         None => {
             // Envoy reports a timeout after the tunnel's 200 as a failed call without headers, like a reset.
             // Only the clock tells them apart.
             let timed_out = response.elapsed_nanos.saturating_mul(10) >= response.timeout_nanos.saturating_mul(9);
-            let failure = if timed_out {
-                Failure::Timeout
-            } else {
-                Failure::Unavailable("the connection to the NATS server was reset".to_string())
-            };
+            let failure = if timed_out { Failure::Timeout } else { Failure::Unavailable(format!("{LOST} reset")) };
             return (Err(failure), None);
         }
     };
@@ -124,11 +154,9 @@ pub fn classify(response: &TunnelResponse<'_>) -> (Result<(), Failure>, Option<S
         (Some(reason), _) => Err(Failure::Rejected(format!("the NATS server refused the publish: {reason}"))),
         (None, true) => Ok(()),
         (None, false) if answer.info.is_none() && response.body.is_empty() => {
-            Err(Failure::Unavailable("the NATS server closed the connection without answering".to_string()))
+            Err(Failure::Unavailable(format!("{LOST} closed without an answer")))
         }
-        (None, false) => {
-            Err(Failure::Rejected("the NATS server closed the connection before confirming the publish".to_string()))
-        }
+        (None, false) => Err(Failure::Rejected(format!("{LOST} closed before the server confirmed the publish"))),
     };
     (result, answer.info)
 }
@@ -140,7 +168,32 @@ mod tests {
     const SECOND: u64 = 1_000_000_000;
 
     fn call(status: Option<u32>, body: &[u8], elapsed_nanos: u64) -> (Result<(), Failure>, Option<ServerInfo>) {
-        classify(&TunnelResponse { status, body, elapsed_nanos, timeout_nanos: 2 * SECOND })
+        let classified = classify(&TunnelResponse { status, body, elapsed_nanos, timeout_nanos: 2 * SECOND });
+        (classified.result, classified.info)
+    }
+
+    fn lost(status: Option<u32>, body: &[u8], elapsed_nanos: u64) -> bool {
+        classify(&TunnelResponse { status, body, elapsed_nanos, timeout_nanos: 2 * SECOND }).connection_lost
+    }
+
+    #[test]
+    fn lost_connections_are_flagged() {
+        assert!(lost(None, b"", SECOND));
+        assert!(lost(Some(200), b"", 1));
+        assert!(lost(Some(200), b"INFO {}\r\n", 1));
+        assert!(!lost(None, b"", 2 * SECOND), "a timeout is not a lost connection");
+        assert!(!lost(Some(503), b"", 1), "a refused connection is not a lost one");
+        assert!(!lost(Some(200), b"INFO {}\r\nPONG\r\n", 1));
+        assert!(!lost(Some(200), b"INFO {}\r\n-ERR 'Authorization Violation'\r\n", 1));
+    }
+
+    #[test]
+    fn too_large_compares_with_max_payload() {
+        assert_eq!(too_large(10, None), None);
+        assert_eq!(too_large(10, Some(10)), None);
+        let failure = too_large(11, Some(10)).unwrap();
+        assert_eq!(failure.status(), 413);
+        assert_eq!(failure.message(), "message of 11 bytes is larger than the NATS server's max_payload of 10 bytes");
     }
 
     #[test]
@@ -163,8 +216,8 @@ mod tests {
                 "Permissions",
             ),
             (Some(200), b"INFO {}\r\n-ERR 'Maximum Payload Violation'\r\n", 1, 413, "Maximum Payload Violation"),
-            (Some(200), b"INFO {}\r\n", 1, 502, "before confirming"),
-            (Some(200), b"", 1, 503, "without answering"),
+            (Some(200), b"INFO {}\r\n", 1, 502, "closed before the server confirmed"),
+            (Some(200), b"", 1, 503, "closed without an answer"),
             (Some(503), b"upstream connect error", 1, 503, "unavailable"),
             (Some(504), b"", 1, 504, "within the timeout"),
             (Some(404), b"", 1, 502, "HTTP 404"),

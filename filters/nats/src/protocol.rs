@@ -103,6 +103,14 @@ pub fn publish_request(connect: &[u8], subject: &str, header_block: &[u8], paylo
     out
 }
 
+/// A request that publishes nothing: CONNECT and PING, to read the server's `INFO` (its `max_payload`).
+pub fn probe_request(connect: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(connect.len() + 6);
+    out.extend_from_slice(connect);
+    out.extend_from_slice(b"PING\r\n");
+    out
+}
+
 /// What the server's `INFO` says that the filter uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct ServerInfo {
@@ -247,6 +255,11 @@ mod tests {
         let expected = format!("HPUB a.b {} {}\r\n{}hi\r\nPING\r\n", block.len(), block.len() + 2, text(&block));
         assert_eq!(text(&body), expected);
         assert!(header_block(&[]).is_empty());
+    }
+
+    #[test]
+    fn probe_publishes_nothing() {
+        assert_eq!(text(&probe_request(b"CONNECT {}\r\n")), "CONNECT {}\r\nPING\r\n");
     }
 
     #[test]

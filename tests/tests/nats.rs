@@ -1,0 +1,579 @@
+//! The nats filter through real Envoy (two workers) and a real nats-server, observed by a real subscriber
+//! (async-nats): what arrives, on which subject, with which payload and headers; what is refused and why.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use async_nats::{Client, Message, Subscriber};
+use base64::Engine;
+use futures::StreamExt;
+use integration_tests::nats_server::{NatsOptions, NatsServer};
+use integration_tests::{EchoUpstream, Envoy, EnvoyConfig};
+use serde_json::{json, Value};
+
+/// The gateway of `envoy-test/nats.yaml` with its echo upstream and nats-server moved to the test's own.
+fn gateway(nats: &NatsServer, echo: &EchoUpstream) -> EnvoyConfig {
+    EnvoyConfig::new("nats.yaml").upstream(8081, echo.port()).upstream(4222, nats.port())
+}
+
+fn with_config(nats: &NatsServer, echo: &EchoUpstream, config: &Value) -> Envoy {
+    gateway(nats, echo).plugin_config("nats", config).start()
+}
+
+async fn subscriber(client: &Client, subject: &str) -> Subscriber {
+    let subscriber = client.subscribe(subject.to_string()).await.expect("subscribe");
+    // The subscription is registered on the server before the test publishes anything.
+    client.flush().await.expect("flush");
+    subscriber
+}
+
+async fn next_message(subscriber: &mut Subscriber) -> Message {
+    tokio::time::timeout(Duration::from_secs(20), subscriber.next())
+        .await
+        .expect("no message within 20s")
+        .expect("subscription ended")
+}
+
+/// Nothing (more) arrives: the server has nothing queued for us after a flush and a grace period.
+async fn assert_nothing_more(client: &Client, subscriber: &mut Subscriber) {
+    client.flush().await.expect("flush");
+    if let Ok(message) = tokio::time::timeout(Duration::from_millis(700), subscriber.next()).await {
+        panic!("unexpected message: {message:?}");
+    }
+}
+
+fn header<'m>(message: &'m Message, name: &str) -> Option<&'m str> {
+    message.headers.as_ref()?.get(name).map(|value| value.as_str())
+}
+
+fn stat(envoy: &Envoy, name: &str) -> u64 {
+    envoy.stat(&format!("wasmcustom.nats.{name}")).unwrap_or(0)
+}
+
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Answer {
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Answer { status, body }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publishes_with_subject_payload_and_headers_in_each_payload_mode() {
+    let nats = NatsServer::start_default();
+    let echo = EchoUpstream::start();
+    let config = json!({
+        "cluster": "nats_tunnel",
+        "rules": [
+            {"match": {"prefix": "/events/orders", "methods": ["POST"]},
+             "subject": "orders.{header:x-tenant}.created", "payload": "body",
+             "headers": ["x-request-id", "content-type"]},
+            {"match": {"prefix": "/envelope/"},
+             "subject": "env.{path:2}.{query:kind}.{method}.{route}", "payload": "envelope", "headers": "all"}
+        ],
+        "timeout": "5s"
+    });
+    let envoy = with_config(&nats, &echo, &config);
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut orders = subscriber(&client, "orders.>").await;
+    let mut envelopes = subscriber(&client, "env.>").await;
+    let http = reqwest::Client::new();
+    let url = envoy.url("front");
+
+    // Body mode: the raw body, the selected headers, the subject from a header.
+    let answer = send(
+        http.post(format!("{url}/events/orders"))
+            .header("x-tenant", "acme")
+            .header("x-request-id", "req-1")
+            .header("content-type", "application/json")
+            .header("x-secret", "not forwarded")
+            .body(r#"{"id": 1}"#),
+    )
+    .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.body, json!({"subject": "orders.acme.created", "bytes": 9}));
+    let message = next_message(&mut orders).await;
+    assert_eq!(message.subject.as_str(), "orders.acme.created");
+    assert_eq!(&message.payload[..], br#"{"id": 1}"#);
+    assert_eq!(header(&message, "x-request-id"), Some("req-1"));
+    assert_eq!(header(&message, "content-type"), Some("application/json"));
+    assert_eq!(header(&message, "x-secret"), None);
+    assert_eq!(header(&message, "x-tenant"), None);
+
+    // Body mode with bytes that are not text, including CR LF and what looks like protocol: counted, not parsed.
+    let binary: Vec<u8> = [&[0u8, 255, 13, 10][..], b"PUB evil 1\r\nx\r\n", &[0xc3, 0x28]].concat();
+    let answer = send(http.post(format!("{url}/events/orders")).header("x-tenant", "beta").body(binary.clone())).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.body["bytes"], binary.len());
+    let message = next_message(&mut orders).await;
+    assert_eq!(message.subject.as_str(), "orders.beta.created");
+    assert_eq!(&message.payload[..], &binary[..]);
+    // Envoy gives every request an x-request-id; content-type was not sent, so it is not forwarded.
+    assert!(header(&message, "x-request-id").is_some_and(|id| !id.is_empty()));
+    assert_eq!(header(&message, "content-type"), None);
+
+    // Envelope mode, binary body: JSON with method, path, query, all headers and the body in base64; the
+    // subject from a path segment, a query parameter, the method and Envoy's route name.
+    let answer = send(
+        http.put(format!("{url}/envelope/orders?kind=created&x=1"))
+            .header("x-custom", "v1")
+            .header("content-type", "application/octet-stream")
+            .body(binary.clone()),
+    )
+    .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.body["subject"], "env.orders.created.PUT.echo");
+    let message = next_message(&mut envelopes).await;
+    assert_eq!(message.subject.as_str(), "env.orders.created.PUT.echo");
+    assert_eq!(answer.body["bytes"], message.payload.len());
+    let envelope: Value = serde_json::from_slice(&message.payload).expect("envelope is JSON");
+    assert_eq!(envelope["method"], "PUT");
+    assert_eq!(envelope["path"], "/envelope/orders");
+    assert_eq!(envelope["query"], "kind=created&x=1");
+    assert_eq!(envelope["headers"]["x-custom"], "v1");
+    assert_eq!(envelope["headers"]["content-type"], "application/octet-stream");
+    assert!(envelope["headers"].get(":path").is_none(), "pseudo-headers are not headers: {envelope}");
+    assert!(envelope.get("body").is_none());
+    let decoded = base64::engine::general_purpose::STANDARD.decode(envelope["body_base64"].as_str().unwrap()).unwrap();
+    assert_eq!(decoded, binary);
+    assert_eq!(header(&message, "x-custom"), Some("v1"));
+
+    // Envelope mode, text body.
+    let answer = send(http.post(format!("{url}/envelope/a?kind=b")).body("héllo")).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let message = next_message(&mut envelopes).await;
+    assert_eq!(message.subject.as_str(), "env.a.b.POST.echo");
+    let envelope: Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(envelope["body"], "héllo");
+    assert_eq!(envelope["query"], "kind=b");
+
+    // Requests that match no rule pass through untouched (a rule's method is part of its match).
+    let response = http.get(format!("{url}/events/orders")).header("x-tenant", "acme").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["path"], "/events/orders");
+    let response = http.post(format!("{url}/elsewhere")).body("to the upstream").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["body"], "to the upstream");
+    assert_eq!(echo.received().len(), 2, "only the two unmatched requests reach the upstream");
+
+    assert_nothing_more(&client, &mut orders).await;
+    assert_nothing_more(&client, &mut envelopes).await;
+    assert_eq!(stat(&envoy, "published"), 4);
+    assert_eq!(envoy.stat("wasmcustom.nats.rules"), Some(2));
+    let envelope_bytes = answer.body["bytes"].as_u64().unwrap();
+    assert!(stat(&envoy, "published_bytes") > 9 + binary.len() as u64 + envelope_bytes);
+    for event in ["invalid_request", "too_large", "rejected", "unavailable", "timeout"] {
+        assert_eq!(stat(&envoy, event), 0, "{event}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_concurrent_publishes_arrive_exactly_once() {
+    const N: usize = 1000;
+    let nats = NatsServer::start_default();
+    let echo = EchoUpstream::start();
+    let config = json!({"cluster": "nats_tunnel", "timeout": "20s",
+                        "rules": [{"match": {"prefix": "/load"}, "subject": "load.{header:x-worker}"}]});
+    let envoy = with_config(&nats, &echo, &config);
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut load = subscriber(&client, "load.*").await;
+
+    // Collect while publishing, so that the subscriber's buffer never overflows.
+    let collector = tokio::spawn(async move {
+        let mut received = Vec::new();
+        while received.len() < N {
+            match tokio::time::timeout(Duration::from_secs(60), load.next()).await {
+                Ok(Some(message)) => received.push(message),
+                _ => break,
+            }
+        }
+        (received, load)
+    });
+
+    let http = reqwest::Client::builder().pool_max_idle_per_host(N).build().unwrap();
+    let url = envoy.url("front");
+    let requests = (0..N).map(|i| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let response = http
+                .post(format!("{url}/load"))
+                .header("x-worker", format!("w{}", i % 7))
+                .body(format!("message-{i}"))
+                .send()
+                .await
+                .expect("request");
+            (i, response.status().as_u16(), response.text().await.unwrap_or_default())
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let failures: Vec<_> = answers.iter().filter(|(_, status, _)| *status != 202).take(5).collect();
+    assert!(failures.is_empty(), "not every publish got 202: {failures:?}");
+
+    let (received, mut load) = collector.await.unwrap();
+    assert_nothing_more(&client, &mut load).await;
+    let payloads: Vec<String> = received.iter().map(|m| String::from_utf8(m.payload.to_vec()).unwrap()).collect();
+    let unique: HashSet<&String> = payloads.iter().collect();
+    let expected: HashSet<String> = (0..N).map(|i| format!("message-{i}")).collect();
+    println!("{N} published, {} received, {} duplicates", payloads.len(), payloads.len() - unique.len());
+    assert_eq!(payloads.len(), N, "received count");
+    assert_eq!(unique.len(), N, "duplicates");
+    assert_eq!(unique.into_iter().cloned().collect::<HashSet<_>>(), expected);
+    for message in &received {
+        let i: usize = String::from_utf8_lossy(&message.payload).trim_start_matches("message-").parse().unwrap();
+        assert_eq!(message.subject.as_str(), format!("load.w{}", i % 7));
+    }
+    assert_eq!(stat(&envoy, "published"), N as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_jetstream_every_202_is_in_the_stream() {
+    const N: usize = 200;
+    let nats = NatsOptions::new().jetstream().start();
+    let echo = EchoUpstream::start();
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let stream = jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "ORDERS".to_string(),
+            subjects: vec!["js.orders.>".to_string()],
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    let config = json!({"cluster": "nats_tunnel", "timeout": "10s",
+                        "rules": [{"match": {"prefix": "/js/"}, "subject": "js.orders.{path:2}"}]});
+    let envoy = with_config(&nats, &echo, &config);
+    let http = reqwest::Client::new();
+    let url = envoy.url("front");
+    let requests = (0..N).map(|i| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let response = http.post(format!("{url}/js/o{i}")).body(format!("order-{i}")).send().await.unwrap();
+            (i, response.status().as_u16())
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let accepted: HashSet<String> =
+        answers.iter().filter(|(_, status)| *status == 202).map(|(i, _)| format!("order-{i}")).collect();
+    assert_eq!(accepted.len(), N, "every publish was accepted: {answers:?}");
+
+    // The stream stores asynchronously after the server accepted the publish: wait until it has them all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut stored = 0;
+    while std::time::Instant::now() < deadline {
+        stored = stream.get_info().await.expect("stream info").state.messages;
+        if stored >= N as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, N as u64, "messages in the stream");
+    let mut in_stream = HashSet::new();
+    for sequence in 1..=stored {
+        let message = stream.get_raw_message(sequence).await.expect("stream message");
+        let payload = String::from_utf8(message.payload.to_vec()).unwrap();
+        let i = payload.trim_start_matches("order-");
+        assert_eq!(message.subject.as_str(), format!("js.orders.o{i}"));
+        in_stream.insert(payload);
+    }
+    assert_eq!(in_stream, accepted, "the stream holds exactly the accepted publishes");
+    assert_eq!(stat(&envoy, "published"), N as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_right_credentials_publish_and_wrong_ones_get_502_with_the_server_reason() {
+    let echo = EchoUpstream::start();
+    let http = reqwest::Client::new();
+
+    // User and password, the password from the environment given to the VM.
+    let nats = NatsOptions::new().user("gw", "s3cret pass").start();
+    let client = async_nats::ConnectOptions::with_user_and_password("gw".into(), "s3cret pass".into())
+        .connect(nats.url())
+        .await
+        .expect("connect");
+    let mut subscription = subscriber(&client, "auth.>").await;
+    let config = |auth: Value| {
+        json!({"cluster": "nats_tunnel", "auth": auth, "timeout": "5s",
+               "rules": [{"match": {"prefix": "/p"}, "subject": "auth.ok"}]})
+    };
+    let envoy = gateway(&nats, &echo)
+        .plugin_config("nats", config(json!({"user": "gw", "password_env": "NATS_PASSWORD"})))
+        .env("NATS_PASSWORD", "s3cret pass")
+        .start();
+    let answer = send(http.post(format!("{}/p", envoy.url("front"))).body("with password")).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(&next_message(&mut subscription).await.payload[..], b"with password");
+    assert!(!envoy.log().contains("s3cret"), "the password is not logged");
+    drop(envoy);
+
+    let envoy = gateway(&nats, &echo)
+        .plugin_config("nats", config(json!({"user": "gw", "password_env": "NATS_PASSWORD"})))
+        .env("NATS_PASSWORD", "wrong")
+        .start();
+    let answer = send(http.post(format!("{}/p", envoy.url("front"))).body("wrong password")).await;
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    assert_eq!(answer.body["filter"], "nats");
+    assert!(answer.body["error"].as_str().unwrap().contains("Authorization Violation"), "{}", answer.body);
+    assert_eq!(stat(&envoy, "rejected"), 1);
+    assert_eq!(stat(&envoy, "published"), 0);
+    drop(envoy);
+
+    // No credentials at all: the same refusal.
+    let envoy = gateway(&nats, &echo).plugin_config("nats", config(Value::Null)).start();
+    let answer = send(http.post(format!("{}/p", envoy.url("front"))).body("anonymous")).await;
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    assert!(answer.body["error"].as_str().unwrap().contains("Authorization Violation"));
+    drop(envoy);
+    assert_nothing_more(&client, &mut subscription).await;
+
+    // A variable the VM was not given makes Envoy refuse the configuration, naming the field.
+    let log = gateway(&nats, &echo)
+        .plugin_config("nats", config(json!({"user": "gw", "password_env": "NATS_PASSWORD"})))
+        .start_expecting_failure();
+    assert!(
+        log.contains(
+            r#"nats: invalid configuration: auth.password_env: environment variable "NATS_PASSWORD" is not set"#
+        ),
+        "{log}"
+    );
+
+    // A token, literally and from the environment.
+    let nats = NatsOptions::new().token("t0ken").start();
+    let client = async_nats::ConnectOptions::with_token("t0ken".into()).connect(nats.url()).await.expect("connect");
+    let mut subscription = subscriber(&client, "auth.>").await;
+    let envoy = gateway(&nats, &echo)
+        .plugin_config("nats", config(json!({"token_env": "NATS_TOKEN"})))
+        .env("NATS_TOKEN", "t0ken")
+        .start();
+    let answer = send(http.post(format!("{}/p", envoy.url("front"))).body("with token")).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(&next_message(&mut subscription).await.payload[..], b"with token");
+    drop(envoy);
+    let envoy = gateway(&nats, &echo).plugin_config("nats", config(json!({"token": "nope"}))).start();
+    let answer = send(http.post(format!("{}/p", envoy.url("front"))).body("wrong token")).await;
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    assert!(answer.body["error"].as_str().unwrap().contains("Authorization Violation"));
+    assert_nothing_more(&client, &mut subscription).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subject_injection_attempts_get_400_and_publish_nothing() {
+    let nats = NatsServer::start_default();
+    let echo = EchoUpstream::start();
+    let config = json!({"cluster": "nats_tunnel", "timeout": "5s", "rules": [
+        {"match": {"prefix": "/h"}, "subject": "tenant.{header:x-tenant}.created"},
+        {"match": {"prefix": "/q"}, "subject": "tenant.{query:t}.created"},
+        {"match": {"prefix": "/p/"}, "subject": "tenant.{path:2}.created"}
+    ]});
+    let envoy = with_config(&nats, &echo, &config);
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    // Everything published anywhere on this server.
+    let mut everything = subscriber(&client, ">").await;
+    let http = reqwest::Client::new();
+    let url = envoy.url("front");
+
+    let header_attacks: [&[u8]; 8] = [b"a b", b"a\tb", b"*", b">", b"a.b", b"a.*", b"acme.>", b"caf\xc3\xa9"];
+    let query_attacks = [
+        "a%0D%0APUB%20other%203%0D%0Axyz",
+        "a%0Ab",
+        "a%0Db",
+        "a%20b",
+        "a+b",
+        "%2A",
+        "%3E",
+        "a.b",
+        "a%2Eb",
+        "a%00b",
+        "",
+    ];
+    let path_attacks = ["a%0D%0APUB%20other%203%0D%0Axyz", "a%20b", "a%2Eb", "%2A", "%3E", "a%09b", "%FF"];
+    let mut attempts = 0;
+    for value in header_attacks {
+        let value = reqwest::header::HeaderValue::from_bytes(value).unwrap();
+        let answer = send(http.post(format!("{url}/h")).header("x-tenant", value.clone()).body("x")).await;
+        assert_eq!(answer.status, 400, "{value:?}: {}", answer.body);
+        assert!(answer.body["error"].as_str().unwrap().contains("{header:x-tenant}"), "{}", answer.body);
+        attempts += 1;
+    }
+    for value in query_attacks {
+        let answer = send(http.post(format!("{url}/q?t={value}")).body("x")).await;
+        assert_eq!(answer.status, 400, "{value:?}: {}", answer.body);
+        attempts += 1;
+    }
+    for value in path_attacks {
+        let answer = send(http.post(format!("{url}/p/{value}")).body("x")).await;
+        assert_eq!(answer.status, 400, "{value:?}: {}", answer.body);
+        attempts += 1;
+    }
+    // A missing value is refused the same way.
+    let answer = send(http.post(format!("{url}/h")).body("x")).await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    attempts += 1;
+
+    // A bare CR inside a header value: Envoy's HTTP/1 codec lets it through to the filters, and the filter
+    // refuses it like the others.
+    let raw =
+        "POST /h HTTP/1.1\r\nhost: x\r\nx-tenant: a\rPUB other 1\r\ncontent-length: 1\r\nconnection: close\r\n\r\nx";
+    let (status, text) = raw_http(envoy.port("front"), raw.as_bytes());
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains(r#""filter":"nats""#), "{text}");
+    attempts += 1;
+
+    // Then one good publish: it is the only message the server saw.
+    let answer = send(http.post(format!("{url}/q?t=acme")).body("good")).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let message = next_message(&mut everything).await;
+    assert_eq!(message.subject.as_str(), "tenant.acme.created");
+    assert_eq!(&message.payload[..], b"good");
+    assert_nothing_more(&client, &mut everything).await;
+    assert_eq!(stat(&envoy, "invalid_request"), attempts);
+    assert_eq!(stat(&envoy, "published"), 1);
+    assert!(echo.received().is_empty(), "refused requests do not reach the upstream either");
+}
+
+/// Sends raw bytes to a listener (one request, `connection: close` or an error ends it) and returns the HTTP
+/// status and the rest of the answer.
+fn raw_http(port: u16, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text.into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_down_gives_503_or_504_and_publishing_resumes_when_it_is_back() {
+    let mut nats = NatsServer::start_default();
+    let echo = EchoUpstream::start();
+    // The configuration of envoy-test/nats.yaml as it is: POST /events/<name> -> events.<name>, timeout 2s.
+    let envoy = gateway(&nats, &echo).start();
+    let http = reqwest::Client::new();
+    let publish = |body: &'static str| http.post(format!("{}/events/status", envoy.url("front"))).body(body);
+
+    let answer = send(publish("before")).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+
+    // Stopped: connection refused -> 503.
+    nats.stop();
+    for _ in 0..3 {
+        let answer = send(publish("while stopped")).await;
+        assert_eq!(answer.status, 503, "{}", answer.body);
+        assert_eq!(answer.body["filter"], "nats");
+    }
+    assert_eq!(stat(&envoy, "unavailable"), 3);
+
+    // Started again on the same port: publishing resumes, same Envoy.
+    nats.start();
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut events = subscriber(&client, "events.>").await;
+    let answer = send(publish("after restart")).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let message = next_message(&mut events).await;
+    assert_eq!(message.subject.as_str(), "events.status");
+    assert_eq!(&message.payload[..], b"after restart");
+
+    // Frozen (accepts connections, answers nothing): 504 once the filter's timeout has passed.
+    nats.pause();
+    let answer = send(publish("while frozen")).await;
+    nats.resume();
+    assert_eq!(answer.status, 504, "{}", answer.body);
+    assert!(answer.body["error"].as_str().unwrap().contains("timeout"), "{}", answer.body);
+    assert_eq!(stat(&envoy, "timeout"), 1);
+
+    // And back to normal.
+    let answer = send(publish("after thaw")).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    // The frozen publish may or may not have been processed after the thaw (see README: a 504 is "unknown").
+    let mut payloads = Vec::new();
+    while payloads.last().map(Vec::as_slice) != Some(&b"after thaw"[..]) {
+        payloads.push(next_message(&mut events).await.payload.to_vec());
+    }
+    assert!(payloads.len() <= 2, "{payloads:?}");
+    assert_eq!(stat(&envoy, "published"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_bodies_get_413() {
+    // The server accepts at most 512 bytes per message; the filter at most 1 KiB of body.
+    let nats = NatsOptions::new().max_payload(512).start();
+    let echo = EchoUpstream::start();
+    let config = json!({"cluster": "nats_tunnel", "timeout": "5s", "max_body": "1KiB",
+                        "rules": [{"match": {"prefix": "/big"}, "subject": "big"}]});
+    let envoy = with_config(&nats, &echo, &config);
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut big = subscriber(&client, "big").await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/big", envoy.url("front"));
+
+    // Over max_body with a content-length: refused before buffering.
+    let answer = send(http.post(&url).body(vec![b'x'; 2048])).await;
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    assert!(answer.body["error"].as_str().unwrap().contains("1024 bytes"), "{}", answer.body);
+
+    // Over max_body without a content-length (chunked): refused while buffering.
+    let chunk = format!("190\r\n{}\r\n", "y".repeat(400));
+    let request = format!(
+        "POST /big HTTP/1.1\r\nhost: x\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n{}0\r\n\r\n",
+        chunk.repeat(4)
+    );
+    let (status, text) = raw_http(envoy.port("front"), request.as_bytes());
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("body larger than the limit of 1024 bytes"), "{text}");
+
+    // Within max_body but over the server's max_payload: 413 too. The server refuses the message and closes the
+    // connection before reading it, which Envoy reports as a reset (its -ERR is usually lost); the filter then
+    // reads the server's INFO with a probe that publishes nothing, and from then on knows the limit and refuses
+    // without a round trip.
+    let answer = send(http.post(&url).body(vec![b'z'; 800])).await;
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    let error = answer.body["error"].as_str().unwrap();
+    assert!(error.contains("max_payload of 512 bytes") || error.contains("Maximum Payload"), "{error}");
+    let answer = send(http.post(&url).body(vec![b'z'; 600])).await;
+    assert_eq!(answer.status, 413, "{}", answer.body);
+
+    // What fits is published.
+    let answer = send(http.post(&url).body(vec![b'k'; 500])).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let message = next_message(&mut big).await;
+    assert_eq!(message.payload.len(), 500);
+    // After that publish the limit is known to this worker: a second 600-byte body is refused by the filter
+    // with the server's max_payload in the message (a worker that has not seen an INFO yet asks the server).
+    let mut saw_known_limit = false;
+    for _ in 0..6 {
+        let answer = send(http.post(&url).body(vec![b'z'; 600])).await;
+        assert_eq!(answer.status, 413, "{}", answer.body);
+        saw_known_limit |= answer.body["error"].as_str().unwrap().contains("max_payload of 512 bytes");
+    }
+    assert!(saw_known_limit, "the filter never used the server's max_payload from INFO");
+    assert_nothing_more(&client, &mut big).await;
+    assert_eq!(stat(&envoy, "too_large"), 10);
+    assert_eq!(stat(&envoy, "published"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_tunnel_cluster_gives_503() {
+    let nats = NatsServer::start_default();
+    let echo = EchoUpstream::start();
+    let config = json!({"cluster": "no_such_cluster", "rules": [{"match": {"prefix": "/x"}, "subject": "x"}]});
+    let envoy = with_config(&nats, &echo, &config);
+    let answer = send(reqwest::Client::new().post(format!("{}/x", envoy.url("front"))).body("x")).await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.body["error"].as_str().unwrap().contains("no_such_cluster"), "{}", answer.body);
+    assert_eq!(stat(&envoy, "unavailable"), 1);
+    let counts: BTreeMap<String, u64> =
+        envoy.stats().into_iter().filter(|(name, _)| name.starts_with("wasmcustom.nats.")).collect();
+    assert_eq!(counts.get("wasmcustom.nats.published"), Some(&0), "{counts:?}");
+}
