@@ -213,7 +213,9 @@ async fn a_thousand_concurrent_publishes_arrive_exactly_once() {
             (i, response.status().as_u16(), response.text().await.unwrap_or_default())
         }
     });
+    let started = std::time::Instant::now();
     let answers = futures::future::join_all(requests).await;
+    let elapsed = started.elapsed();
     let failures: Vec<_> = answers.iter().filter(|(_, status, _)| *status != 202).take(5).collect();
     assert!(failures.is_empty(), "not every publish got 202: {failures:?}");
 
@@ -222,7 +224,11 @@ async fn a_thousand_concurrent_publishes_arrive_exactly_once() {
     let payloads: Vec<String> = received.iter().map(|m| String::from_utf8(m.payload.to_vec()).unwrap()).collect();
     let unique: HashSet<&String> = payloads.iter().collect();
     let expected: HashSet<String> = (0..N).map(|i| format!("message-{i}")).collect();
-    println!("{N} published, {} received, {} duplicates", payloads.len(), payloads.len() - unique.len());
+    println!(
+        "{N} published (all answered within {elapsed:?}), {} received, {} duplicates",
+        payloads.len(),
+        payloads.len() - unique.len()
+    );
     assert_eq!(payloads.len(), N, "received count");
     assert_eq!(unique.len(), N, "duplicates");
     assert_eq!(unique.into_iter().cloned().collect::<HashSet<_>>(), expected);
@@ -231,6 +237,19 @@ async fn a_thousand_concurrent_publishes_arrive_exactly_once() {
         assert_eq!(message.subject.as_str(), format!("load.w{}", i % 7));
     }
     assert_eq!(stat(&envoy, "published"), N as u64);
+    // Both Envoy workers took connections (and so ran publishes in their own Wasm VMs).
+    // (Listener stats are named after the configured address, which the harness set to port 0.)
+    let stats = envoy.stats();
+    for worker in ["worker_0", "worker_1"] {
+        let connections: u64 = stats
+            .iter()
+            .filter(|(name, _)| name.starts_with("listener.127.0.0.1_"))
+            .filter(|(name, _)| name.ends_with(&format!(".{worker}.downstream_cx_total")))
+            .map(|(_, n)| n)
+            .sum();
+        println!("front listener connections on {worker}: {connections}");
+        assert!(connections > 0, "{worker} took no connection");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
