@@ -392,7 +392,7 @@ async fn credentials_from_the_ecs_container_endpoint() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_lambda_route() {
-    // envoy-test/aws-demo.yaml: the aws parts proposed for the demo gateway, with its default plugin configuration.
+    // envoy-test/demo.yaml, the demo gateway, with its own aws plugin configuration.
     let moto = Moto::start();
     let setup = moto.setup();
     moto.python(&format!(
@@ -403,7 +403,7 @@ async fn the_demo_lambda_route() {
          Runtime='python3.12', Role={:?}, Handler='index.handler', Code={{'ZipFile': z.getvalue()}})",
         setup.access_key_id, setup.secret_access_key, setup.role_arn
     ));
-    let envoy = EnvoyConfig::new("aws-demo.yaml")
+    let envoy = EnvoyConfig::new("demo.yaml")
         .upstream(5000, moto.port())
         .env("AWS_ACCESS_KEY_ID", &setup.access_key_id)
         .env("AWS_SECRET_ACCESS_KEY", &setup.secret_access_key)
