@@ -129,7 +129,43 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// The derived key changes once a day (and with the secret, region or service), so the last one is kept: four
+/// HMACs fewer per request. A Wasm VM runs one thread, so the cache is per VM.
+struct KeyCache {
+    secret: String,
+    date: String,
+    region: String,
+    service: String,
+    key: Vec<u8>,
+}
+
+thread_local! {
+    static LAST_KEY: std::cell::RefCell<Option<KeyCache>> = const { std::cell::RefCell::new(None) };
+}
+
 fn signing_key(secret: &str, scope: &Scope<'_>) -> Vec<u8> {
+    let cached = LAST_KEY.with_borrow(|last| {
+        last.as_ref()
+            .filter(|c| {
+                c.secret == secret && c.date == scope.date() && c.region == scope.region && c.service == scope.service
+            })
+            .map(|c| c.key.clone())
+    });
+    if let Some(key) = cached {
+        return key;
+    }
+    let key = derive_signing_key(secret, scope);
+    LAST_KEY.set(Some(KeyCache {
+        secret: secret.to_string(),
+        date: scope.date().to_string(),
+        region: scope.region.to_string(),
+        service: scope.service.to_string(),
+        key: key.clone(),
+    }));
+    key
+}
+
+fn derive_signing_key(secret: &str, scope: &Scope<'_>) -> Vec<u8> {
     let k_date = hmac(format!("AWS4{secret}").as_bytes(), scope.date().as_bytes());
     let k_region = hmac(&k_date, scope.region.as_bytes());
     let k_service = hmac(&k_region, scope.service.as_bytes());
@@ -396,6 +432,24 @@ mod tests {
                 ("q".to_string(), "%2F".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn the_cached_signing_key_follows_secret_date_region_and_service() {
+        let scope = |amz_date, region, service| Scope { amz_date, region, service };
+        let cases = [
+            ("s1", scope("20150830T123600Z", "us-east-1", "s3")),
+            ("s1", scope("20150830T235959Z", "us-east-1", "s3")),
+            ("s1", scope("20150831T000000Z", "us-east-1", "s3")),
+            ("s2", scope("20150831T000000Z", "us-east-1", "s3")),
+            ("s2", scope("20150831T000000Z", "eu-west-1", "s3")),
+            ("s2", scope("20150831T000000Z", "eu-west-1", "sqs")),
+            ("s1", scope("20150830T123600Z", "us-east-1", "s3")),
+        ];
+        for (secret, scope) in &cases {
+            assert_eq!(signing_key(secret, scope), derive_signing_key(secret, scope), "{secret} {}", scope.amz_date);
+        }
+        assert_ne!(derive_signing_key("s1", &cases[0].1), derive_signing_key("s1", &cases[2].1));
     }
 
     #[test]

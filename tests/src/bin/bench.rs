@@ -119,8 +119,77 @@ fn scenarios() -> Vec<Scenario> {
             target: Target::NativePlusFloor,
         },
     ];
-    list.retain(|s| !s.ours.is_empty());
+    list.extend(aws_scenarios());
     list
+}
+
+const AWS_KEY_ID: &str = "AKIDEXAMPLE";
+const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+
+fn aws_native_signing(unsigned: bool) -> Value {
+    json!({"name": "envoy.filters.http.aws_request_signing", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning",
+        "service_name": "s3", "region": "us-east-1", "host_rewrite": "bucket.s3.us-east-1.amazonaws.com",
+        "use_unsigned_payload": unsigned,
+        "credential_provider": {"inline_credential": {"access_key_id": AWS_KEY_ID, "secret_access_key": AWS_SECRET}}
+    }})
+}
+
+fn buffer_filter() -> Value {
+    json!({"name": "envoy.filters.http.buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": 1_048_576}})
+}
+
+fn aws_scenarios() -> Vec<Scenario> {
+    let credentials = json!({"access_key_id": AWS_KEY_ID, "secret_access_key": AWS_SECRET});
+    let signing = |payload: &str| {
+        json!({"region": "us-east-1", "service": "s3", "host": "bucket.s3.us-east-1.amazonaws.com",
+               "credentials": credentials, "payload": payload, "cluster": "upstream"})
+    };
+    let mut post = get("/bucket/object.bin", &[("content-type", "application/octet-stream")]);
+    post.method = "PUT";
+    post.body = vec![b'x'; 16 * 1024];
+    let mut invoke = get("/orders", &[("content-type", "application/json")]);
+    invoke.method = "POST";
+    invoke.body = br#"{"order": 42, "items": ["a", "b"]}"#.to_vec();
+    vec![
+        Scenario {
+            name: "SigV4 sign, GET, unsigned payload",
+            request: get("/bucket/object.txt?versionId=3", &[("x-custom", "a b  c")]),
+            native_name: "aws_request_signing (inline credentials)",
+            native: vec![aws_native_signing(true)],
+            ours: vec![wasm_filter("aws", &signing("unsigned"))],
+            target: Target::FloorTimes15,
+        },
+        Scenario {
+            name: "SigV4 sign, PUT 16 KiB, signed payload",
+            request: post,
+            native_name: "aws_request_signing (inline credentials)",
+            native: vec![aws_native_signing(false)],
+            // The aws filter sends signed bodies itself (README, aws): the buffer filter holds the original.
+            ours: vec![wasm_filter("aws", &signing("signed")), buffer_filter()],
+            target: Target::NativePlusFloor,
+        },
+        Scenario {
+            name: "Lambda invoke wrapping",
+            request: invoke,
+            native_name: "aws_lambda (credentials from the environment)",
+            native: vec![json!({"name": "envoy.filters.http.aws_lambda", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.aws_lambda.v3.Config",
+                "arn": "arn:aws:lambda:us-east-1:123456789012:function:orders", "payload_passthrough": true,
+                "invocation_mode": "SYNCHRONOUS"
+            }})],
+            ours: vec![
+                wasm_filter(
+                    "aws",
+                    &json!({"region": "us-east-1", "service": "lambda", "credentials": credentials,
+                    "cluster": "upstream", "lambda": {"function": "orders", "format": "raw"}}),
+                ),
+                buffer_filter(),
+            ],
+            target: Target::NativePlusFloor,
+        },
+    ]
 }
 
 fn start(variant: &Variant, upstream_port: u16, rls_port: u16, concurrency: u32) -> Envoy {
@@ -129,6 +198,9 @@ fn start(variant: &Variant, upstream_port: u16, rls_port: u16, concurrency: u32)
         .upstream(RLS_PORT, rls_port)
         .http_filters(variant.filters.clone())
         .concurrency(concurrency)
+        // Envoy's aws_lambda takes credentials from the environment.
+        .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
         .cpu(0)
         .log_level("warn")
         .start()
@@ -258,6 +330,9 @@ fn git_commit() -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only TEXT`: just the scenarios whose name contains TEXT (for working on one filter).
+    let args: Vec<String> = std::env::args().collect();
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let settings = if quick {
         Settings { rounds: 3, requests: 1000, warmup: 200, connections: 8 }
     } else {
@@ -272,6 +347,9 @@ async fn main() {
     let mut summary = Vec::new();
     for concurrency in [1, 2] {
         for scenario in scenarios() {
+            if only.as_ref().is_some_and(|only| !scenario.name.contains(only.as_str())) {
+                continue;
+            }
             eprintln!("[bench] {} (concurrency {concurrency})", scenario.name);
             let measured = measure(&scenario, concurrency, upstream_port, rls.port(), &settings).await;
             summary.push(report_scenario(&mut details, &measured));
