@@ -2,7 +2,8 @@
 //!
 //! Two reasons it exists: the SDK's string-returning wrappers `unwrap` UTF-8 (a client sending a non-UTF-8 header
 //! byte would panic the worker's VM), and its local-reply wrapper cannot pass a gRPC status with an HTTP status.
-//! Everything here reads bytes and converts leniently, and never panics on a host status.
+//! Everything here reads bytes and converts leniently, and never panics on a host status: a header map the host
+//! cannot give in the current phase reads as absent.
 
 use std::borrow::Cow;
 
@@ -60,15 +61,13 @@ pub fn response_header(name: &str) -> Option<String> {
 }
 
 fn map_value(map: MapType, name: &str) -> Option<String> {
-    match hostcalls::get_map_value_bytes(map, name) {
-        Ok(Some(bytes)) => Some(into_string(bytes)),
-        _ => None,
-    }
+    abi::header_map_value(map, name).map(into_string)
 }
 
-/// All request headers, in order, non-UTF-8 bytes replaced.
+/// All request headers, in order, non-UTF-8 bytes replaced. Empty when the host has none to give (e.g. after
+/// the headers were sent on).
 pub fn request_headers() -> Vec<(String, String)> {
-    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+    abi::header_map_pairs(MapType::HttpRequestHeaders)
         .map(|pairs| pairs.into_iter().map(|(name, value)| (name, into_string(value))).collect())
         .unwrap_or_default()
 }
@@ -100,10 +99,26 @@ pub fn send_local_reply(reply: &LocalReply) -> Result<(), String> {
 }
 
 #[cfg(target_arch = "wasm32")]
-#[allow(unsafe_code)] // the one ABI call the SDK wraps with a panic and without the gRPC status we need
+#[allow(unsafe_code)] // ABI calls whose SDK wrappers panic on host statuses (or lack the gRPC status we need)
 mod abi {
+    use proxy_wasm::types::MapType;
+
+    const OK: u32 = 0;
+
     #[link(wasm_import_module = "env")]
     extern "C" {
+        fn proxy_get_header_map_value(
+            map_type: MapType,
+            key_data: *const u8,
+            key_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
+        fn proxy_get_header_map_pairs(
+            map_type: MapType,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> u32;
         fn proxy_send_local_response(
             status_code: u32,
             status_code_details_data: *const u8,
@@ -116,13 +131,41 @@ mod abi {
         ) -> u32;
     }
 
+    /// Takes ownership of a buffer the host allocated through the SDK's `proxy_on_memory_allocate`.
+    fn take_host_buffer(data: *mut u8, size: usize, status: u32) -> Option<Vec<u8>> {
+        if status != OK {
+            return None; // NotFound, or a map the host cannot give in this phase (BadArgument)
+        }
+        if data.is_null() {
+            return Some(Vec::new());
+        }
+        // SAFETY: the host filled `data`/`size` with a buffer allocated by this module's allocator with exactly
+        // `size` bytes (the SDK's own wrappers take it back the same way).
+        Some(unsafe { Vec::from_raw_parts(data, size, size) })
+    }
+
+    pub fn header_map_value(map: MapType, name: &str) -> Option<Vec<u8>> {
+        let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
+        // SAFETY: the key points into a live &str; the out-pointers are to locals.
+        let status = unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) };
+        take_host_buffer(data, size, status)
+    }
+
+    pub fn header_map_pairs(map: MapType) -> Option<Vec<(String, Vec<u8>)>> {
+        let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
+        // SAFETY: the out-pointers are to locals.
+        let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
+        crate::pairs::deserialize(&take_host_buffer(data, size, status)?)
+    }
+
     pub fn send_local_response(
         status: u32,
         headers: &[(&str, &str)],
         body: &[u8],
         grpc_status: Option<u32>,
     ) -> Result<(), String> {
-        let headers = serialize_pairs(headers);
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        let headers = crate::pairs::serialize(&headers);
         let details = b"wasm_filter_local_reply";
         let grpc_status = grpc_status.and_then(|s| i32::try_from(s).ok()).unwrap_or(-1);
         // SAFETY: every pointer/length pair points into a live buffer owned by this frame.
@@ -144,28 +187,20 @@ mod abi {
             Err(format!("local reply refused by the host (status {status})"))
         }
     }
-
-    /// The proxy-wasm map encoding: count, then each name and value size, then the NUL-terminated bytes.
-    fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
-        let size: usize = 4 + pairs.iter().map(|(n, v)| 8 + n.len() + v.len() + 2).sum::<usize>();
-        let mut out = Vec::with_capacity(size);
-        out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-        for (name, value) in pairs {
-            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        }
-        for (name, value) in pairs {
-            out.extend_from_slice(name.as_bytes());
-            out.push(0);
-            out.extend_from_slice(value.as_bytes());
-            out.push(0);
-        }
-        out
-    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 mod abi {
+    use proxy_wasm::types::MapType;
+
+    pub fn header_map_value(_: MapType, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+
+    pub fn header_map_pairs(_: MapType) -> Option<Vec<(String, Vec<u8>)>> {
+        None
+    }
+
     pub fn send_local_response(_: u32, _: &[(&str, &str)], _: &[u8], _: Option<u32>) -> Result<(), String> {
         Err("local replies need a proxy-wasm host".to_string())
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod host;
 pub mod matcher;
 pub mod metrics;
+pub mod pairs;
 pub mod reply;
 pub mod request;
 pub mod units;
