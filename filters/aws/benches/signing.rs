@@ -12,9 +12,11 @@ use aws::sigv4::Credentials;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn signing(c: &mut Criterion) {
-    let config = parse(br#"{"region": "us-east-1", "service": "s3", "host": "bucket.s3.us-east-1.amazonaws.com",
+    let config = parse(
+        br#"{"region": "us-east-1", "service": "s3", "host": "bucket.s3.us-east-1.amazonaws.com",
                             "credentials": {"access_key_id": "AKIDEXAMPLE", "secret_access_key": "secret"},
-                            "payload": "unsigned"}"#)
+                            "payload": "unsigned"}"#,
+    )
     .unwrap();
     let credentials = Credentials {
         access_key_id: "AKIDEXAMPLE".into(),
