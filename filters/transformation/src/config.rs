@@ -387,7 +387,16 @@ fn build_transformation(
             let spec = build_spec(template)?;
             let built =
                 TemplateTransformation::build(spec, env.clone()).map_err(|e| e.under("transformation_template"))?;
-            Ok(Some(Transformation::Template(Box::new(built))))
+            let built = Transformation::Template(Box::new(built));
+            if built.headers_need_body() {
+                return Err(ConfigError::at(
+                    "transformation_template",
+                    "a header template reads the body (body(), context(), a JSON field or a body extractor): not \
+                     supported, because Envoy's Wasm ABI cannot change headers once a filter has read the body; \
+                     use the body in `body` templates, and headers, the path or query parameters in header templates",
+                ));
+            }
+            Ok(Some(built))
         }
         (None, Some(hb), None) => {
             Ok(Some(Transformation::HeaderBody { add_request_metadata: hb.add_request_metadata }))
@@ -562,6 +571,7 @@ mod tests {
         let headers = vec![(":path".to_string(), "/users/7".to_string())];
         let out = request
             .apply(Message {
+                part: crate::transform::Part::All,
                 request_headers: Rc::new(headers.clone()),
                 headers,
                 body: br#"{"name": "Bo"}"#,

@@ -15,7 +15,7 @@ use shared::LocalReply;
 
 use crate::body::{self, DecodeError, Encoding};
 use crate::config::{self, Config, FILTER};
-use crate::transform::{HeaderOp, Message, Transformation};
+use crate::transform::{HeaderOp, Message, Part, Transformation};
 
 struct Metrics {
     request_header: Counter,
@@ -89,14 +89,25 @@ struct Stream {
     /// The rule the request matched (its response matchers apply to the response).
     rule: Option<usize>,
     is_grpc: bool,
-    /// Buffering the request body for this transformation.
-    request_pending: Option<Rc<Transformation>>,
     /// The response transformation the request match chose.
     response: Option<Rc<Transformation>>,
-    /// Buffering the response body for this transformation.
-    response_pending: Option<Rc<Transformation>>,
+    /// The request's headers, for `request_header()` in response transformations (Envoy no longer shows them to
+    /// the filter once they went on).
+    request_headers: Rc<Vec<(String, String)>>,
+    /// A transformation waiting for the end of the request / response body.
+    request_pending: Option<Pending>,
+    response_pending: Option<Pending>,
     /// After a response error: the rest of the upstream body is dropped and this body sent at its end.
     response_error_body: Option<Vec<u8>>,
+}
+
+/// What the body part of a transformation needs from the headers phase (headers cannot be read or changed once
+/// the body is being read).
+struct Pending {
+    transformation: Rc<Transformation>,
+    headers: Vec<(String, String)>,
+    request_headers: Rc<Vec<(String, String)>>,
+    encoding: Encoding,
 }
 
 /// Which side of the exchange a transformation applies to.
@@ -165,14 +176,49 @@ struct Failure {
 }
 
 impl Stream {
-    /// Runs a transformation on the message and applies the outcome. `body_size` is the size of the buffered
-    /// body (0 in the headers phase).
-    fn transform(&self, state: &State, side: Side, t: &Transformation, body_size: usize) -> Result<(), Failure> {
-        let mut raw = Vec::new();
-        if body_size > 0 {
-            raw = hostcalls::get_buffer(side.body(), 0, body_size).ok().flatten().unwrap_or_default();
+    /// The headers part of a transformation, in the headers callback: applies the header changes, and prepares
+    /// the body part (content-length and content-encoding, which can only change now).
+    fn transform_headers(
+        &self,
+        state: &State,
+        side: Side,
+        t: &Rc<Transformation>,
+        whole: bool,
+    ) -> Result<Option<Pending>, Failure> {
+        let headers = read_headers(side);
+        let request_headers = match side {
+            Side::Request => Rc::new(headers.clone()),
+            Side::Response => self.request_headers.clone(),
+        };
+        let part = if whole { Part::All } else { Part::HeadersOnly };
+        let message = Message {
+            part,
+            headers: headers.clone(),
+            request_headers: request_headers.clone(),
+            body: &[],
+            is_request: side == Side::Request,
+        };
+        let outcome = t.apply(message).map_err(|reason| Failure { status: 400, reason })?;
+        apply_ops(side, &outcome.ops);
+        if whole {
+            return Ok(None);
         }
         let encoding = Encoding::from_header(header(side, "content-encoding").as_deref());
+        if t.changes_body() {
+            // The new body's length is not known yet: Envoy's buffer filter (requests) sets it again, responses go
+            // out chunked.
+            set_header(side, "content-length", None);
+            if encoding.is_compressed() && !state.config.reencode {
+                set_header(side, "content-encoding", None);
+            }
+        }
+        Ok(Some(Pending { transformation: t.clone(), headers, request_headers, encoding }))
+    }
+
+    /// The body part, at the end of the body: decodes, transforms and replaces the body. No header access here.
+    fn transform_body(&self, state: &State, side: Side, pending: &Pending, body_size: usize) -> Result<(), Failure> {
+        let raw = hostcalls::get_buffer(side.body(), 0, body_size).ok().flatten().unwrap_or_default();
+        let encoding = pending.encoding;
         let decoded = if encoding.is_compressed() && !raw.is_empty() {
             match body::decode(&raw, encoding, state.config.max_body) {
                 Ok(decoded) => decoded,
@@ -185,27 +231,23 @@ impl Stream {
         } else {
             raw
         };
-        let headers = read_headers(side);
-        let request_headers = match side {
-            Side::Request => Rc::new(headers.clone()),
-            Side::Response => Rc::new(host::request_headers()),
+        let message = Message {
+            part: Part::BodyOnly,
+            headers: pending.headers.clone(),
+            request_headers: pending.request_headers.clone(),
+            body: &decoded,
+            is_request: side == Side::Request,
         };
-        let message = Message { headers, request_headers, body: &decoded, is_request: side == Side::Request };
-        let outcome = t.apply(message).map_err(|reason| Failure { status: 400, reason })?;
-        apply_ops(side, &outcome.ops);
+        let outcome = pending.transformation.apply(message).map_err(|reason| Failure { status: 400, reason })?;
         if let Some(new_body) = outcome.body {
             let encoded = if encoding.is_compressed() && state.config.reencode {
                 body::encode(&new_body, encoding)
             } else {
-                if encoding.is_compressed() {
-                    set_header(side, "content-encoding", None);
-                }
                 new_body
             };
             if let Err(status) = hostcalls::set_buffer(side.body(), 0, body_size, &encoded) {
                 log::warn!("{FILTER}: cannot replace the body: {status:?}");
             }
-            set_header(side, "content-length", Some(&encoded.len().to_string()));
         }
         Ok(())
     }
@@ -225,9 +267,10 @@ impl Stream {
         Action::Pause
     }
 
-    /// A response that cannot be transformed: its status becomes 500 (413 for a body over the limit) and its body
-    /// the error, as Gloo does (the response headers are still held, so they can be changed).
-    fn response_failed(&mut self, state: &State, failure: Failure, body_size: Option<usize>) {
+    /// A response that cannot be transformed. In the headers callback its status becomes 500 (413 for a body
+    /// over the limit) and its body the error, as Gloo does. Once the body is being read the headers are gone: the
+    /// body is replaced by the error (the status stays).
+    fn response_failed(&mut self, state: &State, failure: Failure, headers_phase: bool) {
         let status = if failure.status == 413 { 413 } else { 500 };
         if status == 500 {
             state.metrics.response_errors.inc();
@@ -238,24 +281,17 @@ impl Stream {
         };
         log::warn!("{FILTER}: response replaced ({status}): {message}");
         let reply = LocalReply::error(FILTER, status, &message, false);
-        set_header(Side::Response, ":status", Some(&status.to_string()));
-        for name in ["content-encoding", "content-length", "transfer-encoding"] {
-            set_header(Side::Response, name, None);
-        }
-        for (name, value) in &reply.headers {
-            set_header(Side::Response, name, Some(value));
-        }
-        match body_size {
-            // In the body phase at the end of the body: replace it now.
-            Some(size) => {
-                set_header(Side::Response, "content-length", Some(&reply.body.len().to_string()));
-                if let Err(status) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &reply.body) {
-                    log::warn!("{FILTER}: cannot replace the body: {status:?}");
-                }
+        if headers_phase {
+            set_header(Side::Response, ":status", Some(&status.to_string()));
+            for name in ["content-encoding", "content-length"] {
+                set_header(Side::Response, name, None);
             }
-            // Otherwise: drop the upstream body as it streams and send the error at its end.
-            None => self.response_error_body = Some(reply.body),
+            for (name, value) in &reply.headers {
+                set_header(Side::Response, name, Some(value));
+            }
         }
+        // The upstream body is dropped as it streams and the error sent at its end.
+        self.response_error_body = Some(reply.body);
     }
 }
 
@@ -272,25 +308,30 @@ impl HttpContext for Stream {
         self.rule = Some(index);
         let entry = rule.request_matches.iter().find(|m| m.matcher.matches(&request));
         self.response = entry.and_then(|e| e.response.clone());
+        if self.response.is_some() || !rule.response_matches.is_empty() {
+            self.request_headers = Rc::new(host::request_headers());
+        }
         let Some(t) = entry.and_then(|e| e.request.clone()) else { return Action::Continue };
         self.is_grpc = is_grpc(host::request_header("content-type").as_deref());
-        if t.needs_body() && !end_of_stream {
-            if state.limit.declared_too_large(host::request_header("content-length").as_deref()) {
-                state.metrics.body_too_large.inc();
-                let failure = Failure { status: 413, reason: state.limit.too_large_message() };
-                return self.request_failed(&state, failure);
-            }
-            self.request_pending = Some(t);
-            return Action::Pause;
+        let whole = !t.needs_body() || end_of_stream;
+        if !whole && state.limit.declared_too_large(host::request_header("content-length").as_deref()) {
+            state.metrics.body_too_large.inc();
+            let failure = Failure { status: 413, reason: state.limit.too_large_message() };
+            return self.request_failed(&state, failure);
         }
-        // Header-only transformation (or a request without a body): nothing is buffered.
-        match self.transform(&state, Side::Request, &t, 0) {
-            Ok(()) => {
-                if t.needs_body() {
-                    state.metrics.request_body.inc();
-                } else {
-                    state.metrics.request_header.inc();
+        match self.transform_headers(&state, Side::Request, &t, whole) {
+            Ok(pending) => {
+                if whole {
+                    if t.needs_body() {
+                        state.metrics.request_body.inc();
+                    } else {
+                        state.metrics.request_header.inc();
+                    }
                 }
+                self.request_pending = pending;
+                // A paused headers callback would withhold the body from this filter too (Envoy turns it into
+                // StopAllIterationAndWatermark): the headers continue, to Envoy's `buffer` filter next in the
+                // chain, which holds them until the body is complete (see README).
                 Action::Continue
             }
             Err(failure) => self.request_failed(&state, failure),
@@ -298,9 +339,10 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Some(state), Some(t)) = (self.state.clone(), self.request_pending.clone()) else {
+        let Some(state) = self.state.clone() else { return Action::Continue };
+        if self.request_pending.is_none() {
             return Action::Continue;
-        };
+        }
         match state.limit.progress(body_size, end_of_stream) {
             BodyProgress::Buffering => Action::Pause,
             BodyProgress::TooLarge => {
@@ -309,8 +351,8 @@ impl HttpContext for Stream {
                 self.request_failed(&state, Failure { status: 413, reason: state.limit.too_large_message() })
             }
             BodyProgress::Complete => {
-                self.request_pending = None;
-                match self.transform(&state, Side::Request, &t, body_size) {
+                let Some(pending) = self.request_pending.take() else { return Action::Continue };
+                match self.transform_body(&state, Side::Request, &pending, body_size) {
                     Ok(()) => {
                         state.metrics.request_body.inc();
                         Action::Continue
@@ -339,25 +381,25 @@ impl HttpContext for Stream {
                 found.response.clone()
             }
         };
-        if t.needs_body() && !end_of_stream {
-            if state.limit.declared_too_large(host::response_header("content-length").as_deref()) {
-                state.metrics.body_too_large.inc();
-                let failure = Failure { status: 413, reason: state.limit.too_large_message() };
-                self.response_failed(&state, failure, None);
-                return Action::Continue;
-            }
-            self.response_pending = Some(t);
-            return Action::Pause;
+        let whole = !t.needs_body() || end_of_stream;
+        if !whole && state.limit.declared_too_large(host::response_header("content-length").as_deref()) {
+            state.metrics.body_too_large.inc();
+            let failure = Failure { status: 413, reason: state.limit.too_large_message() };
+            self.response_failed(&state, failure, true);
+            return Action::Continue;
         }
-        match self.transform(&state, Side::Response, &t, 0) {
-            Ok(()) => {
-                if t.needs_body() {
-                    state.metrics.response_body.inc();
-                } else {
-                    state.metrics.response_header.inc();
+        match self.transform_headers(&state, Side::Response, &t, whole) {
+            Ok(pending) => {
+                if whole {
+                    if t.needs_body() {
+                        state.metrics.response_body.inc();
+                    } else {
+                        state.metrics.response_header.inc();
+                    }
                 }
+                self.response_pending = pending;
             }
-            Err(failure) => self.response_failed(&state, failure, None),
+            Err(failure) => self.response_failed(&state, failure, true),
         }
         Action::Continue
     }
@@ -370,26 +412,32 @@ impl HttpContext for Stream {
             }
             return Action::Continue;
         }
-        let (Some(state), Some(t)) = (self.state.clone(), self.response_pending.clone()) else {
+        let Some(state) = self.state.clone() else { return Action::Continue };
+        if self.response_pending.is_none() {
             return Action::Continue;
-        };
+        }
         match state.limit.progress(body_size, end_of_stream) {
             BodyProgress::Buffering => Action::Pause,
             BodyProgress::TooLarge => {
                 self.response_pending = None;
                 state.metrics.body_too_large.inc();
                 let failure = Failure { status: 413, reason: state.limit.too_large_message() };
-                self.response_failed(&state, failure, None);
+                self.response_failed(&state, failure, false);
                 // What is buffered so far is dropped now (replaced by the error at the end), the rest as it comes.
                 self.on_http_response_body(body_size, end_of_stream)
             }
             BodyProgress::Complete => {
-                self.response_pending = None;
-                match self.transform(&state, Side::Response, &t, body_size) {
-                    Ok(()) => state.metrics.response_body.inc(),
-                    Err(failure) => self.response_failed(&state, failure, Some(body_size)),
+                let Some(pending) = self.response_pending.take() else { return Action::Continue };
+                match self.transform_body(&state, Side::Response, &pending, body_size) {
+                    Ok(()) => {
+                        state.metrics.response_body.inc();
+                        Action::Continue
+                    }
+                    Err(failure) => {
+                        self.response_failed(&state, failure, false);
+                        self.on_http_response_body(body_size, end_of_stream)
+                    }
                 }
-                Action::Continue
             }
         }
     }

@@ -13,9 +13,21 @@ use crate::body::set_dotted;
 use crate::extractor::{Extractor, Source};
 use crate::template::{to_value, RenderData, RenderScope, Templates};
 
+/// Which part of a transformation to run. Envoy's Wasm ABI cannot change headers once the body is being read
+/// (a paused headers callback withholds the body), so a transformation that needs the body runs twice: its header
+/// part in the headers callback, its body part at the end of the body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Part {
+    #[default]
+    All,
+    HeadersOnly,
+    BodyOnly,
+}
+
 /// The message a transformation reads.
 #[derive(Debug, Clone, Default)]
 pub struct Message<'a> {
+    pub part: Part,
     /// The headers of the message being transformed (pseudo-headers included).
     pub headers: Vec<(String, String)>,
     /// The request's headers: the same as `headers` on requests.
@@ -64,7 +76,37 @@ impl Transformation {
     pub fn apply(&self, message: Message<'_>) -> Result<Outcome, String> {
         match self {
             Transformation::Template(t) => t.apply(message),
-            Transformation::HeaderBody { add_request_metadata } => Ok(header_body(message, *add_request_metadata)),
+            Transformation::HeaderBody { add_request_metadata } => {
+                let part = message.part;
+                let mut outcome = header_body(message, *add_request_metadata);
+                match part {
+                    Part::HeadersOnly => outcome.body = None,
+                    Part::BodyOnly => outcome.ops.clear(),
+                    Part::All => {}
+                }
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// `true` when the transformation writes a new body.
+    pub fn changes_body(&self) -> bool {
+        match self {
+            Transformation::Template(t) => {
+                matches!(
+                    t.spec.body,
+                    BodySpec::Template(_) | BodySpec::MergeExtractorsToBody | BodySpec::MergeJsonKeys(_)
+                )
+            }
+            Transformation::HeaderBody { .. } => true,
+        }
+    }
+
+    /// `true` when a header template reads the body (`body()`, `context()`, JSON fields, body extractions).
+    pub fn headers_need_body(&self) -> bool {
+        match self {
+            Transformation::Template(t) => t.headers_need_body,
+            Transformation::HeaderBody { .. } => false,
         }
     }
 }
@@ -109,6 +151,7 @@ pub struct TemplateTransformation {
     env: Rc<HashMap<String, String>>,
     data_sources: Rc<BTreeMap<String, String>>,
     needs_body: bool,
+    headers_need_body: bool,
 }
 
 /// Names templates may use that never come from the body.
@@ -200,7 +243,9 @@ impl TemplateTransformation {
             merge_templates,
             env,
             needs_body: false,
+            headers_need_body: false,
         };
+        transformation.headers_need_body = transformation.compute_headers_need_body();
         transformation.needs_body = transformation.compute_needs_body();
         Ok(transformation)
     }
@@ -213,9 +258,21 @@ impl TemplateTransformation {
             BodySpec::Template(_) | BodySpec::MergeExtractorsToBody | BodySpec::MergeJsonKeys(_) => return true,
             BodySpec::Unchanged => {}
         }
-        if self.spec.extractors.iter().any(|(_, e)| e.source == Source::Body) {
-            return true;
+        self.spec.extractors.iter().any(|(_, e)| e.source == Source::Body) || self.headers_need_body
+    }
+
+    /// Whether a header template reads the body (directly, through the JSON context, or through a body extractor).
+    fn compute_headers_need_body(&self) -> bool {
+        if self.spec.body == BodySpec::Passthrough {
+            return false;
         }
+        let body_extractors: Vec<&str> = self
+            .spec
+            .extractors
+            .iter()
+            .filter(|(_, e)| e.source == Source::Body)
+            .map(|(name, _)| name.split('.').next().unwrap_or_default())
+            .collect();
         let extractor_roots: HashSet<&str> = if self.spec.advanced_templates {
             HashSet::new()
         } else {
@@ -224,7 +281,10 @@ impl TemplateTransformation {
         let ids = self.header_templates.iter().chain(&self.append_templates).map(|(_, id)| id);
         for id in ids {
             for name in self.templates.undeclared_variables(id) {
-                if name == "body" || name == "context" {
+                if name == "body" || name == "context" || body_extractors.contains(&name.as_str()) {
+                    return true;
+                }
+                if name == "extraction" && !body_extractors.is_empty() {
                     return true;
                 }
                 let from_json = !FUNCTIONS.contains(&name.as_str()) && !extractor_roots.contains(name.as_str());
@@ -238,6 +298,7 @@ impl TemplateTransformation {
 
     fn apply(&self, message: Message<'_>) -> Result<Outcome, String> {
         let spec = &self.spec;
+        let part = message.part;
         let body_text = String::from_utf8_lossy(message.body).into_owned();
         let mut json = Value::Null;
         if spec.parse_json && !message.body.is_empty() {
@@ -277,6 +338,7 @@ impl TemplateTransformation {
 
         // The body first (headers see the original body), as Gloo does; it replaces the old one at the end.
         let body = match &spec.body {
+            _ if part == Part::HeadersOnly => None,
             BodySpec::Template(_) => Some(render("body")?.into_bytes()),
             BodySpec::MergeExtractorsToBody => Some(json.to_string().into_bytes()),
             BodySpec::MergeJsonKeys(_) => {
@@ -297,6 +359,9 @@ impl TemplateTransformation {
         // Each template sees the headers as the previous ones left them.
         let mut headers = message.headers;
         let mut ops = Vec::new();
+        if part == Part::BodyOnly {
+            return Ok(Outcome { ops, body });
+        }
         for (name, id) in &self.header_templates {
             let value = render(id)?;
             check_header(name, &value)?;
@@ -432,7 +497,7 @@ mod tests {
 
     fn request(headers: &[(&str, &str)], body: &'static [u8]) -> Message<'static> {
         let headers = pairs(headers);
-        Message { request_headers: Rc::new(headers.clone()), headers, body, is_request: true }
+        Message { part: Part::All, request_headers: Rc::new(headers.clone()), headers, body, is_request: true }
     }
 
     fn build(spec: TemplateSpec) -> TemplateTransformation {
@@ -656,6 +721,7 @@ mod tests {
         let mut s = spec();
         s.headers.push(("x-echo".into(), "{{ request_header(\"x-req\") }}/{{ header(\":status\") }}".into()));
         let message = Message {
+            part: Part::All,
             headers: pairs(&[(":status", "200")]),
             request_headers: Rc::new(pairs(&[("x-req", "r")])),
             body: b"",

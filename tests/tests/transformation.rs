@@ -1,0 +1,320 @@
+//! The transformation filter through real Envoy (two workers) and the echo upstream: request and response
+//! templates, extractors, path/method rewrite, header-only transformations that never buffer, passthrough of a
+//! large body, gzip bodies (and a zip bomb), header_body_transform, response matchers, merge_extractors_to_body,
+//! error replies, metrics, and bad configurations refused with the template named.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use base64::Engine;
+use integration_tests::{EchoUpstream, Envoy, EnvoyConfig};
+use serde_json::{json, Value};
+
+fn start(echo: &EchoUpstream) -> Envoy {
+    EnvoyConfig::new("transformation.yaml")
+        .upstream(8081, echo.port())
+        .env("TRANSFORMATION_TEST_ENV", "from-env")
+        .start()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+fn stat(envoy: &Envoy, name: &str) -> u64 {
+    envoy.stat(&format!("wasmcustom.transformation.{name}")).unwrap_or(0)
+}
+
+/// gzip through the system's `gzip` (the test crate has no compression library).
+fn gzip(data: &[u8], decompress: bool) -> Vec<u8> {
+    let mut child = Command::new("gzip")
+        .arg(if decompress { "-dc" } else { "-c" })
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(output.status.success(), "gzip failed");
+    output.stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_templates_extractors_and_response_headers() {
+    let echo = EchoUpstream::start();
+    let envoy = start(&echo);
+    let url = envoy.url("front");
+
+    // The issue's example: path extractor, header from extraction(), body template over the JSON body.
+    let response = client().post(format!("{url}/users/42")).body(r#"{"name": "Ann", "x": 1}"#).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-served-by"], "gateway");
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["headers"]["x-user-id"], "42");
+    let body: Value = serde_json::from_str(echoed["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body, json!({"user": "42", "name": "Ann"}));
+    // Envoy forwarded the new body with its own length.
+    assert_eq!(echoed["headers"]["content-length"], body_len(&echoed));
+
+    // Path and method rewrite, query extractor, set/remove/append in Gloo's order, empty render removes.
+    let response = client()
+        .get(format!("{url}/rewrite/a/b?who=ann"))
+        .header("x-secret", "s")
+        .header("x-drop-by-empty", "d")
+        .header("x-multi", "original")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["path"], "/v2/a/b?who=ann");
+    assert_eq!(echoed["method"], "PUT");
+    assert_eq!(echoed["headers"]["x-who"], "ANN");
+    assert_eq!(echoed["headers"]["x-env"], "from-env");
+    assert_eq!(echoed["headers"]["x-multi"], "original,appended");
+    assert!(echoed["headers"].get("x-secret").is_none(), "{echoed}");
+    assert!(echoed["headers"].get("x-drop-by-empty").is_none(), "{echoed}");
+
+    assert_eq!(stat(&envoy, "request_body_transformations"), 1);
+    assert!(stat(&envoy, "request_header_transformations") >= 1);
+    assert_eq!(stat(&envoy, "response_header_transformations"), 1);
+}
+
+fn body_len(echoed: &Value) -> String {
+    echoed["body"].as_str().unwrap().len().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_only_and_passthrough_never_buffer_large_bodies() {
+    let echo = EchoUpstream::start();
+    let envoy = start(&echo);
+    let url = envoy.url("front");
+    // 3 MiB: three times max_body_size (and above Envoy's own 1 MiB buffer limit): only a filter that does not
+    // buffer lets it through.
+    let large = vec![b'x'; 3 * 1024 * 1024];
+    for (path, header, value) in [("/headers-only", "x-length", "3145728"), ("/passthrough", "x-passed", "yes")] {
+        let response = client().post(format!("{url}{path}")).body(large.clone()).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let echoed: Value = response.json().await.unwrap();
+        assert_eq!(echoed["headers"][header], value, "{path}");
+        assert_eq!(echoed["body"].as_str().unwrap().len(), large.len(), "{path}");
+    }
+    // A body template on the same size is refused: 413.
+    let response = client().post(format!("{url}/users/1")).body(large).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["filter"], "transformation");
+    assert!(error["error"].as_str().unwrap().contains("larger than the limit"), "{error}");
+    assert!(stat(&envoy, "body_too_large") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_bodies_are_decoded_transformed_and_reencoded() {
+    let echo = EchoUpstream::start();
+    let envoy = start(&echo);
+    let url = envoy.url("front");
+    let response = client()
+        .post(format!("{url}/gzip"))
+        .header("content-encoding", "gzip")
+        .body(gzip(br#"{"message": "hello"}"#, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["headers"]["content-encoding"], "gzip");
+    let sent = base64::engine::general_purpose::STANDARD.decode(echoed["body_base64"].as_str().unwrap()).unwrap();
+    assert_eq!(sent.get(..2), Some(&[0x1f, 0x8b][..]), "the upstream gets gzip again");
+    assert_eq!(gzip(&sent, true), br#"{"greeting": "HELLO"}"#);
+    assert_eq!(echoed["headers"]["content-length"], sent.len().to_string());
+
+    // A zip bomb: 8 MiB of zeros in a few KiB; the decoded size is bounded by max_body_size: 413.
+    let bomb = gzip(&vec![0u8; 8 * 1024 * 1024], false);
+    assert!(bomb.len() < 64 * 1024);
+    let response =
+        client().post(format!("{url}/gzip")).header("content-encoding", "gzip").body(bomb).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+
+    // With compressed_bodies: identity the result goes upstream uncompressed.
+    let identity = r#"{"compressed_bodies": "identity", "transformations": [{"route_transformations": {
+        "request_transformation": {"transformation_template": {"body": {"text": "{{ upper(message) }}"}}}}}]}"#;
+    let envoy2 = EnvoyConfig::new("transformation.yaml")
+        .upstream(8081, echo.port())
+        .plugin_config("transformation", identity)
+        .start();
+    let response = client()
+        .post(format!("{}/any", envoy2.url("front")))
+        .header("content-encoding", "gzip")
+        .body(gzip(br#"{"message": "plain"}"#, false))
+        .send()
+        .await
+        .unwrap();
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["body"], "PLAIN");
+    assert!(echoed["headers"].get("content-encoding").is_none(), "{echoed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_body_transform_and_merge_extractors_to_body() {
+    let echo = EchoUpstream::start();
+    let envoy = start(&echo);
+    let url = envoy.url("front");
+    let response = client()
+        .post(format!("{url}/envelope/x?a=1&b=2&b=3"))
+        .header("x-one", "1")
+        .body("raw body")
+        .send()
+        .await
+        .unwrap();
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["headers"]["content-type"], "application/json");
+    let envelope: Value = serde_json::from_str(echoed["body"].as_str().unwrap()).unwrap();
+    assert_eq!(envelope["body"], "raw body");
+    assert_eq!(envelope["headers"]["x-one"], "1");
+    assert_eq!(envelope["httpMethod"], "POST");
+    assert_eq!(envelope["path"], "/envelope/x");
+    assert_eq!(envelope["queryString"], "a=1&b=2&b=3");
+    assert_eq!(envelope["queryStringParameters"], json!({"a": "1", "b": "3"}));
+    assert_eq!(envelope["multiValueQueryStringParameters"], json!({"b": ["2", "3"]}));
+
+    let response = client()
+        .post(format!("{url}/merge"))
+        .header("x-tenant", "tenant-acme")
+        .header("x-card", "4111-1111")
+        .body(r#"{"order": 7}"#)
+        .send()
+        .await
+        .unwrap();
+    let echoed: Value = response.json().await.unwrap();
+    let merged: Value = serde_json::from_str(echoed["body"].as_str().unwrap()).unwrap();
+    assert_eq!(merged, json!({"order": 7, "meta": {"tenant": "acme"}, "masked": "****-****"}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn response_transformations_and_response_matchers() {
+    let echo = EchoUpstream::start();
+    let envoy = start(&echo);
+    let url = envoy.url("front");
+
+    // Response body template over the upstream's JSON, :status and request_header().
+    let response = client().delete(format!("{url}/response/r")).header("x-in", "req").send().await.unwrap();
+    assert_eq!(response.status(), 203);
+    assert_eq!(response.headers()["x-request-header"], "req");
+    let text = response.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert_eq!(body, json!({"upstream_saw": "/response/r", "method": "DELETE", "words": 3}));
+
+    // Response matchers: on :status 404 the body is rewritten; on a header, a header is added; otherwise nothing.
+    let response = client()
+        .get(format!("{url}/matchers"))
+        .header("x-echo-status", "404")
+        .header("x-echo-body", "gone")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()["content-type"], "text/plain");
+    assert_eq!(response.text().await.unwrap(), "not here: gone");
+    let response = client().get(format!("{url}/matchers")).header("x-echo-header", "x-flag: on").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-flag-seen"], "on");
+    let response = client().get(format!("{url}/matchers")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-flag-seen").is_none());
+    assert_eq!(stat(&envoy, "response_body_transformations"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_400_on_requests_and_500_on_responses() {
+    let echo = EchoUpstream::start();
+    let envoy = start(&echo);
+    let url = envoy.url("front");
+
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    // A body template that reads a JSON field the body does not have: 400 with the reason, nothing forwarded.
+    let response = client()
+        .post(format!("{url}/errors/request"))
+        .header("x-in", b64("ok"))
+        .body(r#"{"other": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().starts_with("bad request: "), "{error}");
+    assert!(error["error"].as_str().unwrap().contains("undefined"), "{error}");
+    // An unparsable JSON body: 400.
+    let response = client().post(format!("{url}/errors/request")).body("{not json").send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().contains("not valid JSON"), "{error}");
+    // A header value that would carry CR/LF into the upstream request: refused.
+    let response = client()
+        .post(format!("{url}/errors/request"))
+        .header("x-in", b64("a\r\nx-injected: yes"))
+        .body(r#"{"needed_field": "b"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().contains("CR, LF or NUL"), "{error}");
+    // The good case goes through.
+    let response = client()
+        .post(format!("{url}/errors/request"))
+        .header("x-in", b64("ab"))
+        .body(r#"{"needed_field": "b"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["headers"]["x-value"], "ab");
+    assert_eq!(echoed["body"], "b");
+    assert!(echo.received().iter().all(|r| r.header("x-injected").is_none()));
+    assert_eq!(echo.received().len(), 1, "refused requests never reach the upstream");
+
+    // A response template that fails: 500 with the reason.
+    let response = client().get(format!("{url}/errors/response")).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["filter"], "transformation");
+    assert!(error["error"].as_str().unwrap().starts_with("response transformation failed: "), "{error}");
+    assert_eq!(stat(&envoy, "request_errors"), 3);
+    assert_eq!(stat(&envoy, "response_errors"), 1);
+}
+
+#[test]
+fn bad_configurations_are_refused_with_the_template_named() {
+    let echo = EchoUpstream::start();
+    let cases = [
+        (
+            r#"{"transformations": [{"route_transformations": {"request_transformation": {"transformation_template":
+                {"headers": {"x-a": {"text": "{{ unclosed"}}}}}}]}"#,
+            "transformation: invalid configuration: transformations[0].route_transformations.request_transformation\
+             .transformation_template.headers.x-a.text: syntax error",
+        ),
+        (
+            r#"{"transformations": [{"route_transformations": {"request_transformation": {"transformation_template":
+                {"extractors": {"e": {"header": "x", "regex": "(a)", "subgroup": 3}}}}}}]}"#,
+            "transformation_template.extractors.e: group 3 requested for regex with only 1 sub groups",
+        ),
+        (
+            r#"{"transformations": [{"route_transformations": {"request_transformation": {"transformation_template":
+                {"headers": {"x-a": {"text": "{{ body() }}"}}}}}}]}"#,
+            "transformation_template: a header template reads the body",
+        ),
+        (r#"{"transformations": []}"#, "transformation: invalid configuration: transformations: must not be empty"),
+    ];
+    for (config, message) in cases {
+        let log = EnvoyConfig::new("transformation.yaml")
+            .upstream(8081, echo.port())
+            .plugin_config("transformation", config)
+            .start_expecting_failure();
+        assert!(log.contains(message), "expected {message:?} in Envoy's log:\n{log}");
+        assert!(log.contains("Unable to create Wasm plugin transformation"), "{log}");
+    }
+}
