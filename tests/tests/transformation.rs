@@ -318,3 +318,15 @@ fn bad_configurations_are_refused_with_the_template_named() {
         assert!(log.contains("Unable to create Wasm plugin transformation"), "{log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_gateway_shows_a_transformation_route() {
+    let echo = EchoUpstream::start();
+    let envoy = EnvoyConfig::new("demo.yaml").upstream(8081, echo.port()).start();
+    let response = client().get(format!("{}/transform/abc?x=1", envoy.url("front"))).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-served-by"], "transformation");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"user": "abc", "upstream_path": "/users/abc", "asked": "/transform/abc?x=1"}));
+    assert_eq!(echo.received()[0].path, "/users/abc");
+}
