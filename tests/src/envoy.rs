@@ -26,7 +26,7 @@ pub struct EnvoyConfig {
     plugin_configs: BTreeMap<String, String>,
     env: Vec<(String, String)>,
     concurrency: u32,
-    http_filters: Option<Vec<Value>>,
+    http_filters: Option<(String, Vec<Value>)>,
     cpu: Option<u32>,
     log_level: &'static str,
 }
@@ -76,9 +76,9 @@ impl EnvoyConfig {
         self
     }
 
-    /// Replaces the HTTP filters of every HTTP connection manager (the router is added last).
-    pub fn http_filters(mut self, filters: Vec<Value>) -> Self {
-        self.http_filters = Some(filters);
+    /// Replaces the HTTP filters of the listener `listener`'s HTTP connection manager (the router is added last).
+    pub fn http_filters(mut self, listener: &str, filters: Vec<Value>) -> Self {
+        self.http_filters = Some((listener.to_string(), filters));
         self
     }
 
@@ -190,16 +190,19 @@ impl EnvoyConfig {
         if let Some(Value::String(path)) = config.pointer_mut("/dynamic_resources/lds_config/path_config_source/path") {
             *path = lds_path.display().to_string();
         }
-        if let Some(filters) = &self.http_filters {
+        if let Some((name, filters)) = &self.http_filters {
             let router = serde_json::json!({"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}});
-            walk(&mut config, &mut |object| {
-                if object.contains_key("http_filters") && object.contains_key("stat_prefix") {
-                    let mut chain = filters.clone();
-                    chain.push(router.clone());
-                    object.insert("http_filters".into(), Value::Array(chain));
-                }
-            });
+            let listeners = config.pointer_mut("/static_resources/listeners").and_then(Value::as_array_mut);
+            for listener in listeners.into_iter().flatten().filter(|l| l["name"] == name.as_str()) {
+                walk(listener, &mut |object| {
+                    if object.contains_key("http_filters") && object.contains_key("stat_prefix") {
+                        let mut chain = filters.clone();
+                        chain.push(router.clone());
+                        object.insert("http_filters".into(), Value::Array(chain));
+                    }
+                });
+            }
         }
         walk(&mut config, &mut |object| {
             // Cluster endpoints: to the test's upstream ports.
