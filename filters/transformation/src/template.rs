@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
 use base64::Engine as _;
-use minijinja::value::ValueKind;
+use minijinja::value::{Rest, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
 
 use crate::inja;
@@ -277,99 +277,132 @@ fn lookup_path(state: &State, path: &str) -> Value {
     current
 }
 
+/// Every function has this one shape: minijinja instantiates its argument glue once, not once per signature
+/// (which kept the .wasm hundreds of KiB larger).
+type Function = fn(&State, &[Value]) -> Result<Value, Error>;
+
+fn register(env: &mut Environment<'static>, name: &'static str, (min, max): (usize, usize), f: Function) {
+    env.add_function(name, move |state: &State, args: Rest<Value>| {
+        if args.len() < min || args.len() > max {
+            return Err(Error::new(ErrorKind::InvalidOperation, format!("{name}: wrong number of arguments")));
+        }
+        f(state, &args)
+    });
+}
+
+fn arg(args: &[Value], index: usize) -> Value {
+    args.get(index).cloned().unwrap_or(Value::UNDEFINED)
+}
+
+fn str_at(args: &[Value], index: usize) -> Result<String, Error> {
+    string_arg(&arg(args, index))
+}
+
+fn int_at(args: &[Value], index: usize) -> Result<i64, Error> {
+    let value = arg(args, index);
+    value.as_i64().filter(|_| is_integer(&value)).ok_or_else(|| invalid("expected an integer"))
+}
+
+fn text(value: impl Into<String>) -> Result<Value, Error> {
+    Ok(Value::from(value.into()))
+}
+
 fn register_functions(env: &mut Environment<'static>) {
     // ---- Gloo's functions --------------------------------------------------------------------------------
-    env.add_function("header", |name: String| -> String {
-        with_data(|d| first_header(&d.headers, &name)).unwrap_or_default()
+    register(env, "header", (1, 1), |_, a| {
+        let name = str_at(a, 0)?;
+        text(with_data(|d| first_header(&d.headers, &name)).unwrap_or_default())
     });
-    env.add_function("request_header", |name: String| -> String {
-        with_data(|d| first_header(&d.request_headers, &name)).unwrap_or_default()
+    register(env, "request_header", (1, 1), |_, a| {
+        let name = str_at(a, 0)?;
+        text(with_data(|d| first_header(&d.request_headers, &name)).unwrap_or_default())
     });
-    env.add_function("extraction", |name: String| -> String {
-        with_data(|d| d.extractions.get(&name).cloned()).flatten().unwrap_or_default()
+    register(env, "extraction", (1, 1), |_, a| {
+        let name = str_at(a, 0)?;
+        text(with_data(|d| d.extractions.get(&name).cloned()).flatten().unwrap_or_default())
     });
-    env.add_function("body", || -> String { with_data(|d| d.body.clone()).unwrap_or_default() });
-    env.add_function("context", || -> Value { with_data(|d| d.context.clone()).unwrap_or_default() });
-    env.add_function("env", |name: String| -> String {
-        with_data(|d| d.env.get(&name).cloned()).flatten().unwrap_or_default()
+    register(env, "body", (0, 0), |_, _| text(with_data(|d| d.body.clone()).unwrap_or_default()));
+    register(env, "context", (0, 0), |_, _| Ok(with_data(|d| d.context.clone()).unwrap_or_default()));
+    register(env, "env", (1, 1), |_, a| {
+        let name = str_at(a, 0)?;
+        text(with_data(|d| d.env.get(&name).cloned()).flatten().unwrap_or_default())
     });
-    env.add_function("data_source", |name: String| -> Result<String, Error> {
-        with_data(|d| d.data_sources.get(&name).cloned())
-            .flatten()
-            .ok_or_else(|| invalid(format!("no data source {name:?}")))
+    register(env, "data_source", (1, 1), |_, a| {
+        let name = str_at(a, 0)?;
+        let value = with_data(|d| d.data_sources.get(&name).cloned()).flatten();
+        value.map(Value::from).ok_or_else(|| invalid(format!("no data source {name:?}")))
     });
-    env.add_function("trim", |v: Value| -> Result<String, Error> { Ok(string_arg(&v)?.trim().to_string()) });
-    env.add_function("base64_encode", |v: Value| -> Result<String, Error> {
-        Ok(base64::engine::general_purpose::STANDARD.encode(string_arg(&v)?))
+    register(env, "trim", (1, 1), |_, a| text(str_at(a, 0)?.trim()));
+    register(env, "base64_encode", (1, 1), |_, a| {
+        text(base64::engine::general_purpose::STANDARD.encode(str_at(a, 0)?))
     });
-    env.add_function("base64url_encode", |v: Value| -> Result<String, Error> {
-        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(string_arg(&v)?))
+    register(env, "base64url_encode", (1, 1), |_, a| {
+        text(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(str_at(a, 0)?))
     });
-    env.add_function("base64_decode", |v: Value| -> Result<String, Error> {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(string_arg(&v)?).unwrap_or_default();
-        Ok(String::from_utf8_lossy(&decoded).into_owned())
+    register(env, "base64_decode", (1, 1), |_, a| {
+        let decoded = base64::engine::general_purpose::STANDARD.decode(str_at(a, 0)?).unwrap_or_default();
+        text(String::from_utf8_lossy(&decoded))
     });
-    env.add_function("base64url_decode", |v: Value| -> Result<String, Error> {
-        let text = string_arg(&v)?;
+    register(env, "base64url_decode", (1, 1), |_, a| {
+        let input = str_at(a, 0)?;
         let decoded =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).unwrap_or_default();
-        Ok(String::from_utf8_lossy(&decoded).into_owned())
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(input.trim_end_matches('=')).unwrap_or_default();
+        text(String::from_utf8_lossy(&decoded))
     });
-    env.add_function("substring", |v: Value, start: Value, length: Option<Value>| -> Result<String, Error> {
-        let input = string_arg(&v)?;
-        let Some(start) = start.as_i64().filter(|_| is_integer(&start)) else { return Ok(String::new()) };
-        let length = match length {
+    register(env, "substring", (2, 3), |_, a| {
+        let input = str_at(a, 0)?;
+        let Ok(start) = int_at(a, 1) else { return text("") };
+        let length = match a.get(2) {
             None => None,
-            Some(l) => match l.as_i64().filter(|_| is_integer(&l)) {
-                Some(n) => Some(n),
-                None => return Ok(String::new()),
+            Some(_) => match int_at(a, 2) {
+                Ok(n) => Some(n),
+                Err(_) => return text(""),
             },
         };
-        Ok(substring(&input, start, length))
+        text(substring(&input, start, length))
     });
-    env.add_function("replace_with_random", |v: Value, pattern: String| -> Result<String, Error> {
-        let input = string_arg(&v)?;
+    register(env, "replace_with_random", (2, 2), |_, a| {
+        let input = str_at(a, 0)?;
+        let pattern = str_at(a, 1)?;
         if pattern.is_empty() {
-            return Ok(input);
+            return text(input);
         }
         let token = with_data(|d| {
             let mut randoms = d.randoms.borrow_mut();
             randoms.entry(pattern.clone()).or_insert_with(random_token).clone()
         })
         .unwrap_or_else(random_token);
-        Ok(input.replace(&pattern, &token))
+        text(input.replace(&pattern, &token))
     });
-    env.add_function("raw_string", |v: Value| -> Result<String, Error> {
+    register(env, "raw_string", (1, 1), |_, a| {
+        let v = arg(a, 0);
         match v.kind() {
-            ValueKind::String => Ok(json_escape(v.as_str().unwrap_or_default())),
-            _ => format_value(&v, false),
+            ValueKind::String => text(json_escape(v.as_str().unwrap_or_default())),
+            _ => text(format_value(&v, false)?),
         }
     });
-    env.add_function("word_count", |v: Value| -> u64 { word_count(&to_json(&v)) });
+    register(env, "word_count", (1, 1), |_, a| Ok(Value::from(word_count(&to_json(&arg(a, 0))))));
 
     // ---- inja's built-in functions ---------------------------------------------------------------------------
-    env.add_function("upper", |v: Value| -> Result<String, Error> { Ok(string_arg(&v)?.to_uppercase()) });
-    env.add_function("lower", |v: Value| -> Result<String, Error> { Ok(string_arg(&v)?.to_lowercase()) });
-    env.add_function("capitalize", |v: Value| -> Result<String, Error> {
-        let text = string_arg(&v)?.to_lowercase();
-        let mut chars = text.chars();
-        Ok(chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default())
+    register(env, "upper", (1, 1), |_, a| text(str_at(a, 0)?.to_uppercase()));
+    register(env, "lower", (1, 1), |_, a| text(str_at(a, 0)?.to_lowercase()));
+    register(env, "capitalize", (1, 1), |_, a| {
+        let lower = str_at(a, 0)?.to_lowercase();
+        let mut chars = lower.chars();
+        text(chars.next().map(|c| c.to_uppercase().chain(chars).collect::<String>()).unwrap_or_default())
     });
-    env.add_function("replace", |v: Value, from: String, to: String| -> Result<String, Error> {
-        Ok(string_arg(&v)?.replace(&from, &to))
+    register(env, "replace", (3, 3), |_, a| text(str_at(a, 0)?.replace(&str_at(a, 1)?, &str_at(a, 2)?)));
+    register(env, "default", (2, 2), |_, a| {
+        let v = arg(a, 0);
+        Ok(if v.is_undefined() { arg(a, 1) } else { v })
     });
-    env.add_function("default", |v: Value, fallback: Value| -> Value {
-        if v.is_undefined() {
-            fallback
-        } else {
-            v
-        }
+    register(env, "exists", (1, 1), |state, a| Ok(Value::from(!lookup_path(state, &str_at(a, 0)?).is_undefined())));
+    register(env, "existsIn", (2, 2), |_, a| {
+        let (object, key) = (arg(a, 0), str_at(a, 1)?);
+        Ok(Value::from(object.kind() == ValueKind::Map && object.get_attr(&key).is_ok_and(|v| !v.is_undefined())))
     });
-    env.add_function("exists", |state: &State, name: String| -> bool { !lookup_path(state, &name).is_undefined() });
-    env.add_function("existsIn", |object: Value, key: String| -> bool {
-        object.kind() == ValueKind::Map && object.get_attr(&key).is_ok_and(|v| !v.is_undefined())
-    });
-    env.add_function("at", |object: Value, key: Value| -> Result<Value, Error> {
+    register(env, "at", (2, 2), |_, a| {
+        let (object, key) = (arg(a, 0), arg(a, 1));
         let item = match (object.kind(), key.as_i64()) {
             (ValueKind::Seq, Some(i)) => object.get_item_by_index(usize::try_from(i).map_err(|_| invalid("index"))?)?,
             _ => object.get_item(&key)?,
@@ -380,74 +413,86 @@ fn register_functions(env: &mut Environment<'static>) {
             Ok(item)
         }
     });
-    env.add_function("length", |v: Value| -> Result<usize, Error> {
-        match v.kind() {
-            ValueKind::String => Ok(v.as_str().unwrap_or_default().chars().count()),
-            _ => v.len().ok_or_else(|| invalid("length of a value that has none")),
-        }
+    register(env, "length", (1, 1), |_, a| {
+        let v = arg(a, 0);
+        let n = match v.kind() {
+            ValueKind::String => v.as_str().unwrap_or_default().chars().count(),
+            _ => v.len().ok_or_else(|| invalid("length of a value that has none"))?,
+        };
+        Ok(Value::from(n))
     });
-    env.add_function("first", |v: Value| -> Result<Value, Error> {
-        v.try_iter()?.next().ok_or_else(|| invalid("first of an empty list"))
+    register(env, "first", (1, 1), |_, a| {
+        arg(a, 0).try_iter()?.next().ok_or_else(|| invalid("first of an empty list"))
     });
-    env.add_function("last", |v: Value| -> Result<Value, Error> {
-        v.try_iter()?.last().ok_or_else(|| invalid("last of an empty list"))
+    register(env, "last", (1, 1), |_, a| arg(a, 0).try_iter()?.last().ok_or_else(|| invalid("last of an empty list")));
+    register(env, "join", (2, 2), |_, a| {
+        let items: Result<Vec<String>, Error> = arg(a, 0).try_iter()?.map(|item| string_arg(&item)).collect();
+        text(items?.join(&str_at(a, 1)?))
     });
-    env.add_function("join", |v: Value, separator: String| -> Result<String, Error> {
-        let items: Result<Vec<String>, Error> = v.try_iter()?.map(|item| string_arg(&item)).collect();
-        Ok(items?.join(&separator))
-    });
-    env.add_function("round", |v: Value, precision: Option<i32>| -> Result<Value, Error> {
-        let n = number(&v).ok_or_else(|| invalid("round of a non-number"))?;
-        let precision = precision.unwrap_or(0);
+    register(env, "round", (1, 2), |_, a| {
+        let n = number(&arg(a, 0)).ok_or_else(|| invalid("round of a non-number"))?;
+        let precision = if a.len() > 1 { i32::try_from(int_at(a, 1)?).map_err(|_| invalid("precision"))? } else { 0 };
         let factor = 10f64.powi(precision);
         let rounded = (n * factor).round() / factor;
         Ok(if precision <= 0 { Value::from(rounded as i64) } else { Value::from(rounded) })
     });
-    env.add_function("int", |v: Value| -> Result<i64, Error> {
-        match v.kind() {
+    register(env, "int", (1, 1), |_, a| {
+        let v = arg(a, 0);
+        let n = match v.kind() {
             ValueKind::String => {
-                let text = v.as_str().unwrap_or_default().trim();
-                text.parse::<i64>()
-                    .or_else(|_| text.parse::<f64>().map(|f| f as i64))
-                    .map_err(|_| invalid(format!("int of {text:?}")))
+                let t = v.as_str().unwrap_or_default().trim();
+                t.parse::<i64>()
+                    .or_else(|_| t.parse::<f64>().map(|f| f as i64))
+                    .map_err(|_| invalid(format!("int of {t:?}")))?
             }
-            _ => number(&v).map(|f| f as i64).ok_or_else(|| invalid("int of a non-number")),
-        }
+            _ => number(&v).map(|f| f as i64).ok_or_else(|| invalid("int of a non-number"))?,
+        };
+        Ok(Value::from(n))
     });
-    env.add_function("float", |v: Value| -> Result<f64, Error> {
-        match v.kind() {
+    register(env, "float", (1, 1), |_, a| {
+        let v = arg(a, 0);
+        let n = match v.kind() {
             ValueKind::String => {
-                let text = v.as_str().unwrap_or_default().trim();
-                text.parse::<f64>().map_err(|_| invalid(format!("float of {text:?}")))
+                let t = v.as_str().unwrap_or_default().trim();
+                t.parse::<f64>().map_err(|_| invalid(format!("float of {t:?}")))?
             }
-            _ => number(&v).ok_or_else(|| invalid("float of a non-number")),
-        }
+            _ => number(&v).ok_or_else(|| invalid("float of a non-number"))?,
+        };
+        Ok(Value::from(n))
     });
-    env.add_function("range", |n: i64| -> Result<Value, Error> {
+    register(env, "range", (1, 1), |_, a| {
+        let n = int_at(a, 0)?;
         if n > 100_000 {
             return Err(invalid("range too large"));
         }
         Ok((0..n.max(0)).map(Value::from).collect())
     });
-    env.add_function("sort", |v: Value| -> Result<Value, Error> {
-        let mut items: Vec<Value> = v.try_iter()?.collect();
+    register(env, "sort", (1, 1), |_, a| {
+        let mut items: Vec<Value> = arg(a, 0).try_iter()?.collect();
         items.sort();
         Ok(Value::from(items))
     });
-    env.add_function("max", |v: Value| -> Result<Value, Error> { Ok(v.try_iter()?.max().unwrap_or_default()) });
-    env.add_function("min", |v: Value| -> Result<Value, Error> { Ok(v.try_iter()?.min().unwrap_or_default()) });
-    env.add_function("isString", |v: Value| v.kind() == ValueKind::String);
-    env.add_function("isNumber", |v: Value| v.kind() == ValueKind::Number);
-    env.add_function("isInteger", |v: Value| is_integer(&v));
-    env.add_function("isFloat", |v: Value| v.kind() == ValueKind::Number && !is_integer(&v));
-    env.add_function("isBoolean", |v: Value| v.kind() == ValueKind::Bool);
-    env.add_function("isObject", |v: Value| v.kind() == ValueKind::Map);
-    env.add_function("isArray", |v: Value| v.kind() == ValueKind::Seq);
-    env.add_function("even", |v: i64| v % 2 == 0);
-    env.add_function("odd", |v: i64| v % 2 != 0);
-    env.add_function("divisibleBy", |v: i64, by: i64| by != 0 && v % by == 0);
+    register(env, "max", (1, 1), |_, a| Ok(arg(a, 0).try_iter()?.max().unwrap_or_default()));
+    register(env, "min", (1, 1), |_, a| Ok(arg(a, 0).try_iter()?.min().unwrap_or_default()));
+    register(env, "isString", (1, 1), |_, a| Ok(Value::from(arg(a, 0).kind() == ValueKind::String)));
+    register(env, "isNumber", (1, 1), |_, a| Ok(Value::from(arg(a, 0).kind() == ValueKind::Number)));
+    register(env, "isInteger", (1, 1), |_, a| Ok(Value::from(is_integer(&arg(a, 0)))));
+    register(env, "isFloat", (1, 1), |_, a| {
+        let v = arg(a, 0);
+        Ok(Value::from(v.kind() == ValueKind::Number && !is_integer(&v)))
+    });
+    register(env, "isBoolean", (1, 1), |_, a| Ok(Value::from(arg(a, 0).kind() == ValueKind::Bool)));
+    register(env, "isObject", (1, 1), |_, a| Ok(Value::from(arg(a, 0).kind() == ValueKind::Map)));
+    register(env, "isArray", (1, 1), |_, a| Ok(Value::from(arg(a, 0).kind() == ValueKind::Seq)));
+    register(env, "even", (1, 1), |_, a| Ok(Value::from(int_at(a, 0)? % 2 == 0)));
+    register(env, "odd", (1, 1), |_, a| Ok(Value::from(int_at(a, 0)? % 2 != 0)));
+    register(env, "divisibleBy", (2, 2), |_, a| {
+        let (v, by) = (int_at(a, 0)?, int_at(a, 1)?);
+        Ok(Value::from(by != 0 && v % by == 0))
+    });
     // `{% for k, v in object %}` (see inja.rs): key/value pairs of a map, or the items of anything else.
-    env.add_function("__inja_items", |v: Value| -> Result<Value, Error> {
+    register(env, "__inja_items", (1, 1), |_, a| {
+        let v = arg(a, 0);
         if v.kind() == ValueKind::Map {
             let pairs: Result<Vec<Value>, Error> =
                 v.try_iter()?.map(|key| Ok(Value::from(vec![key.clone(), v.get_item(&key)?]))).collect();
