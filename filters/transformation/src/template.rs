@@ -636,6 +636,10 @@ mod tests {
         let err = render_with("{{ missing.x }}", false, false).unwrap_err();
         assert!(err.contains("undefined"), "{err}");
         assert!(render_with("{{ nope(1) }}", false, false).is_err());
+        // Jinja's filter and test libraries are not compiled in (inja has neither): use the functions.
+        assert!(render_with("{{ name | upper }}", false, false).is_err());
+        assert!(render_with("{% if name is defined %}1{% endif %}", false, false).is_err());
+        assert!(render_with("{{ upper(1, 2) }}", false, false).unwrap_err().contains("wrong number of arguments"));
     }
 
     #[test]
