@@ -58,6 +58,12 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
     form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value)
 }
 
+/// Decodes `%XX` escapes; a `%` not followed by two hex digits stays as it is, and `+` stays `+` (paths, not
+/// forms).
+pub fn percent_decode(text: &str) -> Vec<u8> {
+    percent_encoding::percent_decode_str(text).collect()
+}
+
 /// `true` for gRPC requests (`content-type: application/grpc`, `application/grpc+proto`, ...), which get a gRPC
 /// status instead of an HTTP error body.
 pub fn is_grpc(content_type: Option<&str>) -> bool {
@@ -119,6 +125,14 @@ mod tests {
         assert_eq!(query_param("flag&a=1", "flag").as_deref(), Some(""));
         assert_eq!(query_param("a=1", "b"), None);
         assert_eq!(query_param("", "b"), None);
+    }
+
+    #[test]
+    fn percent_decoding_keeps_what_is_not_an_escape() {
+        assert_eq!(percent_decode("a%2Fb%zz%4"), b"a/b%zz%4");
+        assert_eq!(percent_decode("%41%6a+"), b"Aj+");
+        assert_eq!(percent_decode("%FF"), [0xff]);
+        assert_eq!(percent_decode(""), b"");
     }
 
     #[test]

@@ -372,14 +372,14 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines.len().saturating_sub(300);
-            eprintln!(
-                "---- Envoy log ({}) ----\n{}\n---- end of Envoy log ----",
-                self.config.file,
-                lines[tail..].join("\n")
-            );
+            print_log_tail(&format!("Envoy log ({})", self.config.file), &self.log(), 300);
         }
     }
+}
+
+/// Prints the last `lines` lines of a log of a process the failing test ran.
+pub fn print_log_tail(title: &str, log: &str, lines: usize) {
+    let all: Vec<&str> = log.lines().collect();
+    let tail = all.get(all.len().saturating_sub(lines)..).unwrap_or_default();
+    eprintln!("---- {title} ----\n{}\n---- end of {title} ----", tail.join("\n"));
 }

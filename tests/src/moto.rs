@@ -191,10 +191,7 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines.len().saturating_sub(60);
-            eprintln!("---- moto log ----\n{}\n---- end of moto log ----", lines[tail..].join("\n"));
+            crate::envoy::print_log_tail("moto log", &self.log(), 60);
         }
     }
 }

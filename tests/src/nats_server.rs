@@ -164,7 +164,7 @@ impl Drop for NatsServer {
         }
         self.stop();
         if std::thread::panicking() {
-            eprintln!("---- nats-server log ----\n{}\n---- end of nats-server log ----", self.log());
+            crate::envoy::print_log_tail("nats-server log", &self.log(), 100);
         }
     }
 }

@@ -150,7 +150,7 @@ fn push_multi(map: &mut Map<String, Value>, key: String, value: String) {
 }
 
 fn form_decode(text: &str) -> String {
-    let bytes = sigv4::percent_decode(&text.replace('+', " "));
+    let bytes = shared::request::percent_decode(&text.replace('+', " "));
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

@@ -14,6 +14,7 @@ use std::fmt;
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use shared::request::percent_decode;
 
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 /// The payload hash of a request whose body is not signed.
@@ -316,25 +317,6 @@ fn encode_keeping_escapes(path: &str) -> String {
         } else {
             push_escape(&mut out, b);
         }
-        i += 1;
-    }
-    out
-}
-
-/// Decodes `%XX` escapes (a `%` not followed by two hex digits stays as it is); `+` stays `+`.
-pub fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            if let Some(value) = hex_pair(bytes.get(i + 1).copied(), bytes.get(i + 2).copied()) {
-                out.push(value);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b);
         i += 1;
     }
     out

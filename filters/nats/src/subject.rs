@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
-use shared::request::{query_param, split_path};
+use shared::request::{percent_decode, query_param, split_path};
 use shared::RequestHeaders;
 
 /// The longest value a placeholder may substitute, in bytes.
@@ -257,29 +257,6 @@ fn lookup<'r, R: RequestHeaders + ?Sized>(placeholder: &Placeholder, request: &'
     }
 }
 
-/// `%XX` decoding; a `%` not followed by two hex digits stays as it is.
-pub fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            if let (Some(hi), Some(lo)) = (bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex)) {
-                out.push(hi << 4 | lo);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b);
-        i += 1;
-    }
-    out
-}
-
-fn hex(b: &u8) -> Option<u8> {
-    (*b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
-}
-
 /// A substituted value: 1..=MAX_VALUE_LEN bytes of printable ASCII (0x21..=0x7e) other than `.`, `*`, `>`.
 pub fn is_valid_token_value(value: &[u8]) -> bool {
     !value.is_empty()
@@ -430,12 +407,5 @@ mod tests {
         let err = render("a.{header:x-t}", &r).unwrap_err().to_string();
         assert!(!err.contains("secret"), "{err}");
         assert!(err.contains("{header:x-t}"), "{err}");
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%2Fb%zz%4"), b"a/b%zz%4");
-        assert_eq!(percent_decode("%41%6a"), b"Aj");
-        assert_eq!(percent_decode(""), b"");
     }
 }
