@@ -237,7 +237,7 @@ fn nats_scenarios() -> Vec<Scenario> {
     vec![Scenario {
         name: "HTTP -> NATS publish",
         request: publish,
-        native_name: "none",
+        native_name: "none in stock Envoy",
         native: None,
         // The nats filter lets the headers go to get the body; the buffer filter holds them from the router.
         ours: vec![wasm_filter("nats", &config), buffer_filter()],
@@ -344,7 +344,7 @@ fn aws_scenarios() -> Vec<Scenario> {
             // Envoy's aws_lambda (1.40) left these requests unchanged here (no path rewrite, no signature; checked
             // by hand against the echo upstream, with credentials inline and from the environment), so a
             // comparison would measure nothing.
-            native_name: "aws_lambda (not compared)",
+            native_name: "aws_lambda not compared (see notes)",
             native: None,
             ours: vec![
                 wasm_filter(
@@ -459,7 +459,7 @@ fn report_scenario(out: &mut String, m: &Measured) -> String {
     let ratio =
         |a: &Spread, b: &Spread| if b.median > 0.0 { format!("{:.2}", a.median / b.median) } else { "n/a".into() };
     let vs_native = match &native {
-        None => "no native equivalent".to_string(),
+        None => m.native_name.to_string(),
         Some(native) if ours.overlaps(native) => format!("{} (ranges overlap: within noise)", ratio(&ours, native)),
         Some(native) => ratio(&ours, native),
     };
