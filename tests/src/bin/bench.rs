@@ -27,7 +27,8 @@ const NOTES: &str = "\
 - **Where our time goes**: the filters' own logic is small next to the host calls. On the host, `cargo bench` \
   measures one GCRA decision at about 0.1 µs and a whole rate-limit rule evaluation at about 0.25 µs, and a whole \
   SigV4 signature (canonical request, string to sign, HMAC) at about 3.5 µs (SHA-256 runs several times slower \
-  in Wasm, which has no SHA instructions). Every value read from Envoy (a header, shared data, a property) \
+  in Wasm, which has no SHA instructions), a header template render at 0.7 µs, a body template over 1 KiB of \
+  JSON at 0.9 µs, and a NATS subject (three placeholders, checked) at 0.2 µs. Every value read from Envoy (a header, shared data, a property) \
   crosses the ABI twice (the call, and Envoy asking the VM to allocate the answer), and every header written, \
   counter incremented or shared-data write is another call. The rate-limit allow path makes four (the key \
   header, shared-data read, compare-and-swap write, counter); SigV4 reads all headers and writes three or \

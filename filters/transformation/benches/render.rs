@@ -1,0 +1,37 @@
+//! Micro-benchmark of template rendering on the host: a header template with an extraction and a function, and
+//! a body template over a 1 KiB JSON context, as the filter renders them per request.
+
+// Benchmark code, not filter code: a failed setup should stop the run loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde_json::json;
+use transformation::template::{to_value, RenderData, RenderScope, Templates};
+
+fn render(c: &mut Criterion) {
+    let mut templates = Templates::new(false);
+    templates.add("header", "hello {{ upper(extraction(\"name\")) }}", false).unwrap();
+    templates
+        .add(
+            "body",
+            "{\"customer\": \"{{ customer.name }}\", \"lines\": {{ length(items) }}, \"first\": \"{{ items.0.sku }}\"}",
+            false,
+        )
+        .unwrap();
+    let items: Vec<_> = (0..12).map(|i| json!({"sku": format!("sku-{i:04}"), "qty": i % 3 + 1})).collect();
+    let context = to_value(&json!({"customer": {"name": "Ada Lovelace", "tier": "gold"}, "items": items}));
+    let mut data = RenderData::default();
+    data.extractions.insert("name".into(), "ada".into());
+    let _scope = RenderScope::new(data);
+    c.bench_function("template render: header with extraction", |b| {
+        b.iter(|| templates.render(black_box("header"), &context).unwrap())
+    });
+    c.bench_function("template render: body over 1 KiB JSON", |b| {
+        b.iter(|| templates.render(black_box("body"), &context).unwrap())
+    });
+}
+
+criterion_group!(benches, render);
+criterion_main!(benches);
