@@ -50,6 +50,37 @@ impl RequestHeaders for HostRequest {
     }
 }
 
+/// The current request's headers, read all at once from the host on the first lookup and kept.
+///
+/// Each value the host returns costs a call back into the VM to allocate it (about as much as the lookup
+/// itself), so a filter that needs more than one header, or all of them, reads the map once through this.
+#[derive(Debug, Default)]
+pub struct RequestSnapshot {
+    headers: std::cell::OnceCell<Vec<(String, String)>>,
+}
+
+impl RequestSnapshot {
+    /// All request headers, in order (read now if not yet).
+    pub fn pairs(&self) -> &Vec<(String, String)> {
+        self.headers.get_or_init(request_headers)
+    }
+
+    /// The headers, read now if not yet, taken out of the snapshot.
+    pub fn into_pairs(self) -> Vec<(String, String)> {
+        self.headers.into_inner().unwrap_or_else(request_headers)
+    }
+}
+
+impl RequestHeaders for RequestSnapshot {
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.pairs().as_slice().header(name)
+    }
+
+    fn route_name(&self) -> Option<Cow<'_, str>> {
+        HostRequest.route_name()
+    }
+}
+
 /// A request header (lower-case name), non-UTF-8 bytes replaced.
 pub fn request_header(name: &str) -> Option<String> {
     map_value(MapType::HttpRequestHeaders, name)

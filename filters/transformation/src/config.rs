@@ -572,7 +572,7 @@ mod tests {
         let out = request
             .apply(Message {
                 part: crate::transform::Part::All,
-                request_headers: Rc::new(headers.clone()),
+                request_headers: None,
                 headers,
                 body: br#"{"name": "Bo"}"#,
                 is_request: true,

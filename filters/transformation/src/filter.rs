@@ -8,9 +8,10 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 use shared::body::{BodyLimit, BodyProgress};
-use shared::host::{self, HostRequest};
+use shared::host::{self, RequestSnapshot};
 use shared::metrics::{Counter, Gauge};
 use shared::request::is_grpc;
+use shared::request::RequestHeaders;
 use shared::LocalReply;
 
 use crate::body::{self, DecodeError, Encoding};
@@ -92,8 +93,8 @@ struct Stream {
     /// The response transformation the request match chose.
     response: Option<Rc<Transformation>>,
     /// The request's headers, for `request_header()` in response transformations (Envoy no longer shows them to
-    /// the filter once they went on).
-    request_headers: Rc<Vec<(String, String)>>,
+    /// the filter once they went on). Kept only when a response transformation may run.
+    request_headers: Option<Rc<Vec<(String, String)>>>,
     /// A transformation waiting for the end of the request / response body.
     request_pending: Option<Pending>,
     response_pending: Option<Pending>,
@@ -106,7 +107,7 @@ struct Stream {
 struct Pending {
     transformation: Rc<Transformation>,
     headers: Vec<(String, String)>,
-    request_headers: Rc<Vec<(String, String)>>,
+    request_headers: Option<Rc<Vec<(String, String)>>>,
     encoding: Encoding,
 }
 
@@ -133,20 +134,10 @@ impl Side {
     }
 }
 
-fn read_headers(side: Side) -> Vec<(String, String)> {
-    match side {
-        Side::Request => host::request_headers(),
-        Side::Response => hostcalls::get_map_bytes(MapType::HttpResponseHeaders)
-            .map(|pairs| pairs.into_iter().map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned())).collect())
-            .unwrap_or_default(),
-    }
-}
-
-fn header(side: Side, name: &str) -> Option<String> {
-    match side {
-        Side::Request => host::request_header(name),
-        Side::Response => host::response_header(name),
-    }
+fn read_response_headers() -> Vec<(String, String)> {
+    hostcalls::get_map_bytes(MapType::HttpResponseHeaders)
+        .map(|pairs| pairs.into_iter().map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned())).collect())
+        .unwrap_or_default()
 }
 
 fn set_header(side: Side, name: &str, value: Option<&str>) {
@@ -178,32 +169,33 @@ struct Failure {
 impl Stream {
     /// The headers part of a transformation, in the headers callback: applies the header changes, and prepares
     /// the body part (content-length and content-encoding, which can only change now).
+    /// `headers` are the message's headers as read in this callback.
     fn transform_headers(
         &self,
         state: &State,
         side: Side,
         t: &Rc<Transformation>,
         whole: bool,
+        headers: Vec<(String, String)>,
     ) -> Result<Option<Pending>, Failure> {
-        let headers = read_headers(side);
         let request_headers = match side {
-            Side::Request => Rc::new(headers.clone()),
+            Side::Request => None,
             Side::Response => self.request_headers.clone(),
         };
+        // The body part runs later, on the headers as they are now (a copy only when there is a body part).
+        let for_body = if whole { None } else { Some(headers.clone()) };
         let part = if whole { Part::All } else { Part::HeadersOnly };
         let message = Message {
             part,
-            headers: headers.clone(),
+            headers,
             request_headers: request_headers.clone(),
             body: &[],
             is_request: side == Side::Request,
         };
         let outcome = t.apply(message).map_err(|reason| Failure { status: 400, reason })?;
         apply_ops(side, &outcome.ops);
-        if whole {
-            return Ok(None);
-        }
-        let encoding = Encoding::from_header(header(side, "content-encoding").as_deref());
+        let Some(headers) = for_body else { return Ok(None) };
+        let encoding = Encoding::from_header(headers.header("content-encoding").as_deref());
         if t.changes_body() {
             // The new body's length is not known yet: Envoy's buffer filter (requests) sets it again, responses go
             // out chunked.
@@ -300,7 +292,8 @@ impl Context for Stream {}
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(state) = self.state.clone() else { return Action::Continue };
-        let request = HostRequest;
+        // All headers at once: matching and transforming need several, and each single read costs a VM call.
+        let request = RequestSnapshot::default();
         let Some((index, rule)) = state.config.rules.iter().enumerate().find(|(_, r)| r.matcher.matches(&request))
         else {
             return Action::Continue;
@@ -309,17 +302,17 @@ impl HttpContext for Stream {
         let entry = rule.request_matches.iter().find(|m| m.matcher.matches(&request));
         self.response = entry.and_then(|e| e.response.clone());
         if self.response.is_some() || !rule.response_matches.is_empty() {
-            self.request_headers = Rc::new(host::request_headers());
+            self.request_headers = Some(Rc::new(request.pairs().clone()));
         }
         let Some(t) = entry.and_then(|e| e.request.clone()) else { return Action::Continue };
-        self.is_grpc = is_grpc(host::request_header("content-type").as_deref());
+        self.is_grpc = is_grpc(request.header("content-type").as_deref());
         let whole = !t.needs_body() || end_of_stream;
-        if !whole && state.limit.declared_too_large(host::request_header("content-length").as_deref()) {
+        if !whole && state.limit.declared_too_large(request.header("content-length").as_deref()) {
             state.metrics.body_too_large.inc();
             let failure = Failure { status: 413, reason: state.limit.too_large_message() };
             return self.request_failed(&state, failure);
         }
-        match self.transform_headers(&state, Side::Request, &t, whole) {
+        match self.transform_headers(&state, Side::Request, &t, whole, request.into_pairs()) {
             Ok(pending) => {
                 if whole {
                     if t.needs_body() {
@@ -365,14 +358,14 @@ impl HttpContext for Stream {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let (Some(state), Some(index)) = (self.state.clone(), self.rule) else { return Action::Continue };
+        let Some(rule) = state.config.rules.get(index) else { return Action::Continue };
+        if self.response.is_none() && rule.response_matches.is_empty() {
+            return Action::Continue;
+        }
+        let headers = read_response_headers();
         let t = match self.response.clone() {
             Some(t) => t,
             None => {
-                let Some(rule) = state.config.rules.get(index) else { return Action::Continue };
-                if rule.response_matches.is_empty() {
-                    return Action::Continue;
-                }
-                let headers = read_headers(Side::Response);
                 let details = host::property(&["response", "code_details"]).unwrap_or_default();
                 let found = rule.response_matches.iter().find(|m| {
                     m.headers.matches(&headers) && m.response_code_details.as_ref().is_none_or(|d| d.matches(&details))
@@ -382,13 +375,13 @@ impl HttpContext for Stream {
             }
         };
         let whole = !t.needs_body() || end_of_stream;
-        if !whole && state.limit.declared_too_large(host::response_header("content-length").as_deref()) {
+        if !whole && state.limit.declared_too_large(headers.header("content-length").as_deref()) {
             state.metrics.body_too_large.inc();
             let failure = Failure { status: 413, reason: state.limit.too_large_message() };
             self.response_failed(&state, failure, true);
             return Action::Continue;
         }
-        match self.transform_headers(&state, Side::Response, &t, whole) {
+        match self.transform_headers(&state, Side::Response, &t, whole, headers) {
             Ok(pending) => {
                 if whole {
                     if t.needs_body() {

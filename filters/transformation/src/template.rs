@@ -19,8 +19,8 @@ use crate::inja;
 pub struct RenderData {
     /// The headers of the message being transformed, as they are at this point of the transformation.
     pub headers: Vec<(String, String)>,
-    /// The request's headers (for `request_header` in response transformations; the same as `headers` on requests).
-    pub request_headers: Rc<Vec<(String, String)>>,
+    /// The request's headers when transforming a response (`None` on requests: `request_header` reads `headers`).
+    pub request_headers: Option<Rc<Vec<(String, String)>>>,
     pub body: String,
     pub extractions: HashMap<String, String>,
     /// The JSON context: the parsed body (with extractions merged, unless `advanced_templates`).
@@ -315,7 +315,7 @@ fn register_functions(env: &mut Environment<'static>) {
     });
     register(env, "request_header", (1, 1), |_, a| {
         let name = str_at(a, 0)?;
-        text(with_data(|d| first_header(&d.request_headers, &name)).unwrap_or_default())
+        text(with_data(|d| first_header(d.request_headers.as_deref().unwrap_or(&d.headers), &name)).unwrap_or_default())
     });
     register(env, "extraction", (1, 1), |_, a| {
         let name = str_at(a, 0)?;
@@ -515,7 +515,7 @@ mod tests {
             ("x-a".to_string(), "two".to_string()),
         ];
         RenderData {
-            request_headers: Rc::new(vec![("x-req".to_string(), "r".to_string())]),
+            request_headers: Some(Rc::new(vec![("x-req".to_string(), "r".to_string())])),
             headers,
             body: "{\"name\": \"Ann\"}".to_string(),
             extractions: [("id".to_string(), "42".to_string())].into_iter().collect(),

@@ -30,8 +30,8 @@ pub struct Message<'a> {
     pub part: Part,
     /// The headers of the message being transformed (pseudo-headers included).
     pub headers: Vec<(String, String)>,
-    /// The request's headers: the same as `headers` on requests.
-    pub request_headers: Rc<Vec<(String, String)>>,
+    /// The request's headers, when transforming a response (`None` on requests: `headers` are the request's).
+    pub request_headers: Option<Rc<Vec<(String, String)>>>,
     /// The (decoded) body; empty when the transformation does not need it.
     pub body: &'a [u8],
     pub is_request: bool,
@@ -309,12 +309,12 @@ impl TemplateTransformation {
             }
         }
         // Extractions: into the JSON context by dotted name (unless advanced_templates), and for `extraction()`.
-        let request_path = first(&message.request_headers, ":path").unwrap_or_default();
-        let (_, query) = split_path(&request_path);
+        let request_headers = message.request_headers.as_deref().unwrap_or(&message.headers);
+        let (_, query) = split_path(first(request_headers, ":path").unwrap_or_default());
         let mut extractions = HashMap::with_capacity(spec.extractors.len());
         for (name, extractor) in &spec.extractors {
             let value = match &extractor.source {
-                Source::Header(header) => extractor.run(first(&message.headers, header).as_deref()),
+                Source::Header(header) => extractor.run(first(&message.headers, header)),
                 Source::Body => extractor.run(Some(&body_text)),
                 Source::Query(param) => extractor.run(query_param(query, param).as_deref()),
             };
@@ -324,9 +324,11 @@ impl TemplateTransformation {
             extractions.insert(name.clone(), value);
         }
         let context = to_value(&json);
+        // The render data owns the headers: each header template changes them in place, so that the next one sees
+        // them as Gloo's would (no copy per template).
         let scope = RenderScope::new(RenderData {
-            headers: message.headers.clone(),
-            request_headers: message.request_headers.clone(),
+            headers: message.headers,
+            request_headers: message.request_headers,
             body: body_text,
             extractions,
             context: context.clone(),
@@ -356,8 +358,6 @@ impl TemplateTransformation {
         };
 
         // Headers, in Gloo's order: `headers` (set; empty removes), `headers_to_remove`, `headers_to_append`.
-        // Each template sees the headers as the previous ones left them.
-        let mut headers = message.headers;
         let mut ops = Vec::new();
         if part == Part::BodyOnly {
             return Ok(Outcome { ops, body });
@@ -365,42 +365,45 @@ impl TemplateTransformation {
         for (name, id) in &self.header_templates {
             let value = render(id)?;
             check_header(name, &value)?;
-            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-            if value.is_empty() {
-                ops.push(HeaderOp::Remove(name.clone()));
+            scope.update(|d| {
+                d.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                if !value.is_empty() {
+                    d.headers.push((name.clone(), value.clone()));
+                }
+            });
+            ops.push(if value.is_empty() {
+                HeaderOp::Remove(name.clone())
             } else {
-                headers.push((name.clone(), value.clone()));
-                ops.push(HeaderOp::Set(name.clone(), value));
-            }
-            scope.update(|d| d.headers.clone_from(&headers));
+                HeaderOp::Set(name.clone(), value)
+            });
         }
-        for name in &spec.headers_to_remove {
-            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-            ops.push(HeaderOp::Remove(name.clone()));
+        if !spec.headers_to_remove.is_empty() {
+            scope.update(|d| {
+                d.headers.retain(|(n, _)| !spec.headers_to_remove.iter().any(|r| n.eq_ignore_ascii_case(r)))
+            });
+            ops.extend(spec.headers_to_remove.iter().map(|name| HeaderOp::Remove(name.clone())));
         }
-        scope.update(|d| d.headers.clone_from(&headers));
         for (name, id) in &self.append_templates {
             let value = render(id)?;
             if value.is_empty() {
                 continue;
             }
             check_header(name, &value)?;
-            headers.push((name.clone(), value.clone()));
+            scope.update(|d| d.headers.push((name.clone(), value.clone())));
             let op = if name.starts_with(':') {
                 HeaderOp::Set(name.clone(), value)
             } else {
                 HeaderOp::Append(name.clone(), value)
             };
             ops.push(op);
-            scope.update(|d| d.headers.clone_from(&headers));
         }
         drop(scope);
         Ok(Outcome { ops, body })
     }
 }
 
-fn first(headers: &[(String, String)], name: &str) -> Option<String> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+fn first<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
 /// A rendered header value must be forwardable: no CR, LF or NUL; pseudo-headers must stay valid.
@@ -442,7 +445,7 @@ fn header_body(message: Message<'_>, add_request_metadata: bool) -> Outcome {
     }
     if add_request_metadata && message.is_request {
         let full_path = first(&message.headers, ":path").unwrap_or_default();
-        let (path, query) = split_path(&full_path);
+        let (path, query) = split_path(full_path);
         let mut single = Map::new();
         let mut multi: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -460,8 +463,10 @@ fn header_body(message: Message<'_>, add_request_metadata: bool) -> Outcome {
             .map(|(k, v)| (k.to_string(), v.into_iter().map(str::to_string).collect()))
             .collect();
         document.insert("multiValueHeaders".to_string(), Value::Object(multi_only(multi_headers)));
-        document
-            .insert("httpMethod".to_string(), Value::String(first(&message.headers, ":method").unwrap_or_default()));
+        document.insert(
+            "httpMethod".to_string(),
+            Value::String(first(&message.headers, ":method").unwrap_or_default().to_string()),
+        );
         document.insert("path".to_string(), Value::String(path.to_string()));
     }
     Outcome {
@@ -497,7 +502,7 @@ mod tests {
 
     fn request(headers: &[(&str, &str)], body: &'static [u8]) -> Message<'static> {
         let headers = pairs(headers);
-        Message { part: Part::All, request_headers: Rc::new(headers.clone()), headers, body, is_request: true }
+        Message { part: Part::All, request_headers: None, headers, body, is_request: true }
     }
 
     fn build(spec: TemplateSpec) -> TemplateTransformation {
@@ -723,7 +728,7 @@ mod tests {
         let message = Message {
             part: Part::All,
             headers: pairs(&[(":status", "200")]),
-            request_headers: Rc::new(pairs(&[("x-req", "r")])),
+            request_headers: Some(Rc::new(pairs(&[("x-req", "r")]))),
             body: b"",
             is_request: false,
         };
