@@ -86,12 +86,14 @@ struct Measured {
     variants: Vec<(&'static str, Vec<Round>)>,
 }
 
+/// A Wasm filter from target/; a JSON string `config` is passed as its text, anything else as JSON.
 fn wasm_filter(name: &str, config: &Value) -> Value {
+    let config = config.as_str().map_or_else(|| config.to_string(), str::to_string);
     json!({"name": name, "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
         "config": {
             "name": name, "root_id": name,
-            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config.to_string()},
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config},
             "vm_config": {"vm_id": name, "runtime": "envoy.wasm.runtime.v8",
                           "code": {"local": {"filename": format!("target/wasm32-wasip1/release/{name}.wasm")}}}
         }
@@ -393,11 +395,28 @@ async fn measure(scenario: &Scenario, concurrency: u32, ports: &Ports, settings:
         variants.push(Variant { name: NATIVE, filters: native.clone() });
     }
     variants.push(Variant { name: OURS, filters: scenario.ours.clone() });
+    Measured {
+        scenario: scenario.name,
+        concurrency,
+        native_name: scenario.native_name,
+        target: scenario.target,
+        variants: run_interleaved(scenario.name, &scenario.request, &variants, concurrency, ports, settings).await,
+    }
+}
+
+/// Starts one Envoy per variant, warms each up, then loads them in rotating interleaved rounds.
+async fn run_interleaved(
+    label: &str,
+    request: &RequestSpec,
+    variants: &[Variant],
+    concurrency: u32,
+    ports: &Ports,
+    settings: &Settings,
+) -> Vec<(&'static str, Vec<Round>)> {
     let envoys: Vec<Envoy> = variants.iter().map(|v| start(v, ports, concurrency)).collect();
     for envoy in &envoys {
-        let warm =
-            run_round(envoy.port("front"), envoy.pid(), &scenario.request, settings.warmup, settings.connections).await;
-        assert_eq!(warm.unexpected, 0, "{}: unexpected answers while warming up:\n{}", scenario.name, envoy.log());
+        let warm = run_round(envoy.port("front"), envoy.pid(), request, settings.warmup, settings.connections).await;
+        assert_eq!(warm.unexpected, 0, "{label}: unexpected answers while warming up:\n{}", envoy.log());
     }
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); variants.len()];
     for round in 0..settings.rounds {
@@ -406,19 +425,45 @@ async fn measure(scenario: &Scenario, concurrency: u32, ports: &Ports, settings:
             let i = (round + offset) % variants.len();
             let envoy = &envoys[i];
             let result =
-                run_round(envoy.port("front"), envoy.pid(), &scenario.request, settings.requests, settings.connections)
-                    .await;
-            assert_eq!(result.unexpected, 0, "{} / {}: unexpected answers", scenario.name, variants[i].name);
+                run_round(envoy.port("front"), envoy.pid(), request, settings.requests, settings.connections).await;
+            assert_eq!(result.unexpected, 0, "{label} / {}: unexpected answers", variants[i].name);
             rounds[i].push(result);
         }
     }
-    Measured {
-        scenario: scenario.name,
-        concurrency,
-        native_name: scenario.native_name,
-        target: scenario.target,
-        variants: variants.iter().map(|v| v.name).zip(rounds).collect(),
+    variants.iter().map(|v| v.name).zip(rounds).collect()
+}
+
+/// How many calls of one kind the probe filter makes per request: enough to lift the figure out of the noise.
+const PROBE_CALLS: u32 = 10;
+
+/// What one host call costs, in Envoy CPU µs: the probe filter making `PROBE_CALLS` calls of one kind per request,
+/// against the no-op filter, in interleaved rounds (1 worker). Returns the report section.
+async fn host_call_costs(ports: &Ports, settings: &Settings) -> String {
+    let probe = |name: &'static str, kind: &str| Variant {
+        name,
+        filters: vec![wasm_filter("probe", &Value::String(format!("{kind}:{PROBE_CALLS}")))],
+    };
+    let variants = vec![
+        Variant { name: FLOOR, filters: vec![wasm_filter("noop", &json!({}))] },
+        probe("probe, no call (its callback only)", "none"),
+        probe("read a header that is there (`:path`)", "get"),
+        probe("read a header that is not there", "miss"),
+        probe("read all request headers at once", "pairs"),
+        probe("set a request header", "set"),
+        probe("increment a counter", "metric"),
+    ];
+    let request = get("/users/42", &[("x-user", "ada@example.com")]);
+    let measured = run_interleaved("host calls", &request, &variants, 1, ports, settings).await;
+    let cpu = |rounds: &[Round]| rounds.iter().map(|r| r.cpu_us_per_request).collect::<Vec<_>>();
+    let Some((_, empty)) = measured.get(1) else { return String::new() };
+    let empty = cpu(empty);
+    let mut out = String::from("| host call | µs per call (median, min–max over rounds) |\n|---|---|\n");
+    for (name, rounds) in measured.iter().skip(2) {
+        let per_call: Vec<f64> =
+            cpu(rounds).iter().zip(&empty).map(|(with, without)| (with - without) / f64::from(PROBE_CALLS)).collect();
+        let _ = writeln!(out, "| {name} | {} |", Spread::of(&per_call).show(2));
     }
+    out
 }
 
 impl Measured {
@@ -563,6 +608,12 @@ async fn main() {
     } else {
         None
     };
+    let host_calls = if only.as_ref().is_none_or(|only| "host calls".contains(only.as_str())) {
+        eprintln!("[bench] host call costs (probe filter)");
+        Some(host_call_costs(&ports, &settings).await)
+    } else {
+        None
+    };
     let (bare_ms, bare_mib) = startup("bench.yaml", &ports);
     let (demo_ms, demo_mib) = startup("demo.yaml", &ports);
 
@@ -609,6 +660,16 @@ async fn main() {
             c.1,
             c.2
         );
+    }
+    if let Some(table) = host_calls {
+        let _ = writeln!(doc, "\n## What a host call costs\n");
+        let _ = writeln!(
+            doc,
+            "Measured with the probe filter (bench/probe), which makes {PROBE_CALLS} calls of one kind per request, \
+             against the same filter making none, 1 worker, same rounds as above. A value the host returns is \
+             allocated by a call back into the VM, which is why a read costs several times a miss.\n"
+        );
+        let _ = writeln!(doc, "{table}");
     }
     let _ = writeln!(doc, "\n## Size and start-up\n");
     let _ = writeln!(doc, "| .wasm | bytes | under 1 MiB |\n|---|---|---|");

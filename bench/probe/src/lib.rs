@@ -1,0 +1,89 @@
+//! The probe filter: on each request's headers it makes `count` host calls of one kind, configured as
+//! `"<kind>:<count>"` (kinds: `get`, `miss`, `pairs`, `set`, `metric`). The benchmark compares it with the no-op
+//! filter to tell what one call costs, which is where most of a filter's time goes.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
+
+#[derive(Clone, Copy, Default)]
+enum Kind {
+    #[default]
+    Nothing,
+    /// Read a header that is there (`:path`): the host calls back into the VM to allocate the value.
+    Get,
+    /// Read a header that is not there: the call alone.
+    Miss,
+    /// Read all request headers at once.
+    Pairs,
+    /// Set a request header.
+    Set,
+    /// Increment a counter.
+    Metric,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Probe {
+    kind: Kind,
+    count: u32,
+    metric: u32,
+}
+
+#[derive(Default)]
+struct Root(Probe);
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        let config = String::from_utf8_lossy(&config);
+        let (kind, count) = config.split_once(':').unwrap_or(("", "0"));
+        let kind = match kind {
+            "get" => Kind::Get,
+            "miss" => Kind::Miss,
+            "pairs" => Kind::Pairs,
+            "set" => Kind::Set,
+            "metric" => Kind::Metric,
+            _ => Kind::Nothing,
+        };
+        let metric = hostcalls::define_metric(MetricType::Counter, "probe").unwrap_or_default();
+        self.0 = Probe { kind, count: count.parse().unwrap_or(0), metric };
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream(self.0)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream(Probe);
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Probe { kind, count, metric } = self.0;
+        let headers = MapType::HttpRequestHeaders;
+        for i in 0..count {
+            // Results are dropped: only the calls are measured.
+            let _ = match kind {
+                Kind::Nothing => Ok(()),
+                Kind::Get => hostcalls::get_map_value_bytes(headers, ":path").map(drop),
+                Kind::Miss => hostcalls::get_map_value_bytes(headers, "x-absent").map(drop),
+                Kind::Pairs => hostcalls::get_map_bytes(headers).map(drop),
+                Kind::Set => hostcalls::set_map_value(headers, &format!("x-probe-{i}"), Some("v")),
+                Kind::Metric => hostcalls::increment_metric(metric, 1),
+            };
+        }
+        Action::Continue
+    }
+}
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_| Box::new(Root::default()));
+}}
