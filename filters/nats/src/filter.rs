@@ -12,10 +12,10 @@ use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 use serde_json::json;
 use shared::body::{BodyLimit, BodyProgress};
 use shared::clock::{Clock, MonotonicClock};
-use shared::host::{self, HostRequest};
+use shared::host::{self, RequestSnapshot};
 use shared::metrics::{Counter, Gauge};
 use shared::request::{is_grpc, split_path};
-use shared::LocalReply;
+use shared::{LocalReply, RequestHeaders};
 
 use crate::config::{self, Config, PayloadMode, FILTER};
 use crate::envelope;
@@ -195,28 +195,34 @@ impl Context for Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(active) = &self.active else { return Action::Continue };
-        let request = HostRequest;
+        // All headers at once: matching, the subject and the message need several, and each single read costs a
+        // call back into the VM.
+        let request = RequestSnapshot::default();
         let Some((index, rule)) =
             active.config.rules.iter().enumerate().find(|(_, rule)| rule.matcher.matches(&request))
         else {
             return Action::Continue;
         };
-        let grpc = is_grpc(host::request_header("content-type").as_deref());
+        let grpc = is_grpc(request.header("content-type").as_deref());
         let subject = match rule.subject.render(&request) {
             Ok(subject) => subject,
             Err(err) => return fail(&active.metrics, &Failure::InvalidRequest(err.to_string()), grpc, None),
         };
-        let headers = match rule.headers.select(&host::request_headers, &host::request_header) {
+        let headers = match rule
+            .headers
+            .select(&|| request.pairs().clone(), &|name| request.header(name).map(|value| value.into_owned()))
+        {
             Ok(headers) => headers,
             Err(err) => return fail(&active.metrics, &Failure::InvalidRequest(err), grpc, Some(&subject)),
         };
         let limit = BodyLimit::new(active.config.max_body.as_usize());
-        if limit.declared_too_large(host::request_header("content-length").as_deref()) {
+        if limit.declared_too_large(request.header("content-length").as_deref()) {
             return fail(&active.metrics, &Failure::TooLarge(limit.too_large_message()), grpc, Some(&subject));
         }
         let (method, path) = match rule.payload {
             PayloadMode::Envelope => {
-                (host::request_header(":method").unwrap_or_default(), host::request_header(":path").unwrap_or_default())
+                let text = |name| request.header(name).map(|value| value.into_owned()).unwrap_or_default();
+                (text(":method"), text(":path"))
             }
             PayloadMode::Body => (String::new(), String::new()),
         };
