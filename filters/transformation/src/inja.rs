@@ -8,12 +8,17 @@
 //!   `a["b"]`), and numeric path parts become indexes (`items.0` -> `items[0]`);
 //! - `loop.index` is 0-based in inja and 1-based in Jinja: `loop.index` -> `loop.index0`, `loop.index1` ->
 //!   `loop.index`, `loop.is_first` -> `loop.first`, `loop.is_last` -> `loop.last`;
-//! - `{% else if c %}` -> `{% elif c %}`; `{% for k, v in object %}` iterates key/value pairs; `null` -> `none`.
+//! - `{% else if c %}` -> `{% elif c %}`; `{% for k, v in object %}` iterates key/value pairs; `null` -> `none`;
+//! - line statements: a line starting with `##` (after optional whitespace) is a statement, and the whole line,
+//!   its newline included, is replaced by it (`## if a` -> `{% if a %}`).
+
+use std::borrow::Cow;
 
 /// Translates one template. `pointer_notation` is Gloo's `advanced_templates`: paths are written `a/b/0`.
 pub fn translate(source: &str, pointer_notation: bool) -> String {
+    let source = line_statements(source);
     let mut out = String::with_capacity(source.len() + 16);
-    let mut rest = source;
+    let mut rest: &str = &source;
     while let Some(start) = find_open(rest) {
         let (text, tail) = rest.split_at(start);
         out.push_str(text);
@@ -44,6 +49,25 @@ pub fn translate(source: &str, pointer_notation: bool) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Turns inja's `## statement` lines into `{% statement %}` blocks (without the line's newline).
+fn line_statements(source: &str) -> Cow<'_, str> {
+    if !source.contains("##") {
+        return Cow::Borrowed(source);
+    }
+    let mut out = String::with_capacity(source.len());
+    for line in source.split_inclusive('\n') {
+        match line.trim_start().strip_prefix("##") {
+            Some(statement) => {
+                out.push_str("{% ");
+                out.push_str(statement.trim());
+                out.push_str(" %}");
+            }
+            None => out.push_str(line),
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn find_open(text: &str) -> Option<usize> {
@@ -262,6 +286,13 @@ mod tests {
             "{% for k, v in __inja_items(obj) %}{{ k }}{% endfor %}"
         );
         assert_eq!(translate("{%- for k, v in a.b -%}", false), "{%- for k, v in __inja_items(a.b) -%}");
+    }
+
+    #[test]
+    fn line_statements_become_blocks() {
+        let t = "start\n## for x in xs\n{{ x }},\n  ## endfor\nend ## not a statement\n";
+        assert_eq!(translate(t, false), "start\n{% for x in xs %}{{ x }},\n{% endfor %}end ## not a statement\n");
+        assert_eq!(translate("## if a.b-c\nyes\n## endif", false), "{% if a[\"b-c\"] %}yes\n{% endif %}");
     }
 
     #[test]
