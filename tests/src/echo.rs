@@ -2,8 +2,8 @@
 //! `{"method", "path", "headers": {name: value}, "body", "body_base64"}` (repeated headers joined with `,`).
 //!
 //! Tests steer the answer through request headers, so that response-side behaviour can be exercised through
-//! Envoy: `x-echo-status: 503`, `x-echo-header: name: value` (repeatable), `x-echo-body: text` (replaces the
-//! JSON). Every request is also recorded for the test to inspect.
+//! Envoy: `x-echo-status: 503`, `x-echo-header: name: value` (repeatable), `x-echo-body: text` or
+//! `x-echo-body-base64: bytes in base64` (replaces the JSON). Every request is also recorded for the test to inspect.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -110,9 +110,12 @@ async fn answer(
             response = response.header(n.trim(), v.trim());
         }
     }
-    let body = match record.header("x-echo-body") {
-        Some(text) => text.as_bytes().to_vec(),
-        None => {
+    let base64_body =
+        record.header("x-echo-body-base64").and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+    let body = match (base64_body, record.header("x-echo-body")) {
+        (Some(bytes), _) => bytes,
+        (None, Some(text)) => text.as_bytes().to_vec(),
+        (None, None) => {
             if !content_type_set {
                 response = response.header("content-type", "application/json");
             }

@@ -7,8 +7,13 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use base64::Engine;
+use integration_tests::rls::proto::rate_limit_service_client::RateLimitServiceClient;
+use integration_tests::rls::{proto, Mode, RateLimitServer};
 use integration_tests::{EchoUpstream, Envoy, EnvoyConfig};
 use serde_json::{json, Value};
+
+/// Where transformation.yaml's gRPC route goes.
+const GRPC_UPSTREAM_PORT: u16 = 8090;
 
 fn start(echo: &EchoUpstream) -> Envoy {
     EnvoyConfig::new("transformation.yaml")
@@ -71,6 +76,8 @@ async fn request_templates_extractors_and_response_headers() {
     assert_eq!(response.status(), 200);
     let echoed: Value = response.json().await.unwrap();
     assert_eq!(echoed["path"], "/v2/a/b?who=ann");
+    // Envoy chose the route again for the new path (its route for /v2/ adds this header).
+    assert_eq!(echoed["headers"]["x-routed-to"], "rewritten");
     assert_eq!(echoed["method"], "PUT");
     assert_eq!(echoed["headers"]["x-who"], "ANN");
     assert_eq!(echoed["headers"]["x-env"], "from-env");
@@ -191,6 +198,54 @@ async fn header_body_transform_and_merge_extractors_to_body() {
     let echoed: Value = response.json().await.unwrap();
     let merged: Value = serde_json::from_str(echoed["body"].as_str().unwrap()).unwrap();
     assert_eq!(merged, json!({"order": 7, "meta": {"tenant": "acme"}, "masked": "****-****"}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_responses_are_decoded_transformed_and_reencoded() {
+    let echo = EchoUpstream::start();
+    let envoy = start(&echo);
+    let upstream_body = base64::engine::general_purpose::STANDARD.encode(gzip(br#"{"message": "hello"}"#, false));
+    let response = client()
+        .get(format!("{}/gz-response", envoy.url("front")))
+        .header("x-echo-header", "content-encoding: gzip")
+        .header("x-echo-body-base64", upstream_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    let received = response.bytes().await.unwrap();
+    assert_eq!(received.get(..2), Some(&[0x1f, 0x8b][..]), "the client gets gzip again");
+    assert_eq!(gzip(&received, true), br#"{"greeting": "HELLO"}"#);
+    assert_eq!(stat(&envoy, "response_body_transformations"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_calls_pass_untouched_and_failures_are_grpc_statuses() {
+    let echo = EchoUpstream::start();
+    let service = RateLimitServer::start(vec![], Mode::Answer); // any real gRPC service will do as the upstream
+    let envoy = EnvoyConfig::new("transformation.yaml")
+        .upstream(8081, echo.port())
+        .upstream(GRPC_UPSTREAM_PORT, service.port())
+        .start();
+    let mut client = RateLimitServiceClient::connect(envoy.url("front")).await.unwrap();
+    let call = |break_it: bool| {
+        let mut request =
+            tonic::Request::new(proto::RateLimitRequest { domain: "d".into(), descriptors: vec![], hits_addend: 1 });
+        if break_it {
+            request.metadata_mut().insert("x-break", "yes".parse().unwrap());
+        }
+        request
+    };
+    // No rule matches: the call goes through as it came.
+    client.should_rate_limit(call(false)).await.expect("an untransformed call passes");
+    assert_eq!(service.calls(), 1);
+    // A matching rule whose template fails: a gRPC status with the reason, and the service never sees the call.
+    let status = client.should_rate_limit(call(true)).await.unwrap_err();
+    assert_ne!(status.code(), tonic::Code::Ok);
+    assert!(status.message().starts_with("bad request:"), "{status:?}");
+    assert_eq!(service.calls(), 1);
+    assert_eq!(stat(&envoy, "request_errors"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
