@@ -7,7 +7,7 @@
 //! - `REPLACE_ALL`: every match of the regex (anywhere, non-empty) is replaced by `replacement_text`, in which
 //!   `$1`, `$&` and `$$` refer to groups as in ECMAScript (`std::regex_replace`, which Gloo uses).
 
-use regex::Regex;
+use regex_lite::Regex;
 use shared::matcher::full_match_regex;
 
 /// Where an extractor reads.
@@ -98,7 +98,7 @@ impl Extractor {
             },
             Mode::ReplaceAll => self
                 .regex
-                .replace_all(input, |caps: &regex::Captures<'_>| {
+                .replace_all(input, |caps: &regex_lite::Captures<'_>| {
                     // std::regex_constants::match_not_null: empty matches are not replaced.
                     let mut out = String::new();
                     if caps.get(0).is_some_and(|m| !m.is_empty()) {
