@@ -86,11 +86,6 @@ pub fn request_header(name: &str) -> Option<String> {
     map_value(MapType::HttpRequestHeaders, name)
 }
 
-/// A response header (lower-case name), non-UTF-8 bytes replaced.
-pub fn response_header(name: &str) -> Option<String> {
-    map_value(MapType::HttpResponseHeaders, name)
-}
-
 fn map_value(map: MapType, name: &str) -> Option<String> {
     abi::header_map_value(map, name).map(into_string)
 }

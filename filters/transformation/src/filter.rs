@@ -10,8 +10,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 use shared::body::{BodyLimit, BodyProgress};
 use shared::host::{self, RequestSnapshot};
 use shared::metrics::{Counter, Gauge};
-use shared::request::is_grpc;
-use shared::request::RequestHeaders;
+use shared::request::{is_grpc, RequestHeaders};
 use shared::LocalReply;
 
 use crate::body::{self, DecodeError, Encoding};
@@ -168,8 +167,8 @@ struct Failure {
 
 impl Stream {
     /// The headers part of a transformation, in the headers callback: applies the header changes, and prepares
-    /// the body part (content-length and content-encoding, which can only change now).
-    /// `headers` are the message's headers as read in this callback.
+    /// the body part (content-length and content-encoding, which can only change now). `headers` are the
+    /// message's headers as read in this callback.
     fn transform_headers(
         &self,
         state: &State,

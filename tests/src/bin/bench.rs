@@ -686,7 +686,8 @@ async fn main() {
         let _ = writeln!(
             doc,
             "Measured with the probe filter (bench/probe), which makes one or {PROBE_CALLS} calls of one kind per \
-             request, against the same filter making none, 1 worker, same rounds as above (medians, min–max). A \
+             request, against the same filter making none, 1 worker, as many rounds as above with twice the \
+             requests (medians, min–max). A \
              value the host returns is allocated by a call back into the VM, which is why a read costs several \
              times a miss; a filter's first call of a kind costs more than the next ones.\n"
         );
