@@ -25,9 +25,9 @@ const NOTES: &str = "\
 - The **no-op Wasm floor** is what any proxy-wasm filter costs in Envoy before it does anything: creating the \
   stream context and Envoy calling into the VM for every stream event. Our figures include it.
 - **Where our time goes**: the floor, the host calls a filter must make, and its own code. The host calls are \
-  measured below (\"What a host call costs\"): a filter's first header read costs about 2 µs, reading all \
-  headers at once about 3.5 µs, its first header write about 2.5 µs, further calls of the same kind a fraction \
-  of that; a value read from Envoy costs a call back into the VM to allocate it. The filters make the fewest \
+  measured below (\"What a host call costs\"; across runs on this machine): a header read costs about 1–2 µs, \
+  reading all headers at once 1.5–3.5 µs, a header write 0.5–2.5 µs, the first call of a kind in a request the \
+  most; a value read from Envoy costs a call back into the VM to allocate it. The filters make the fewest \
   calls their work needs: the rate-limit allow path reads the key header, one shared-data value, writes it back \
   with compare-and-swap and counts; the transformation, aws and nats filters read all request headers once \
   (matching included) and write only the headers that change. Their own logic, natively (`cargo bench`): a GCRA \
@@ -35,7 +35,7 @@ const NOTES: &str = "\
   template over 1 KiB of JSON 0.9 µs, a NATS subject 0.2 µs; run once under Node's V8 for comparison, a header \
   transformation with one extraction and two templates took 3.7 µs and a SigV4 signature 7.4 µs (SHA-256 has no \
   CPU instructions in Wasm). With a floor of about 5 µs, the header-only target (at most 1.5x the floor) leaves \
-  2.5 µs, less than one header read plus one header write cost: the ABI, not the logic, sets that bound.
+  about 2.5 µs, about what one header read plus one header write cost: the ABI, not the logic, sets that bound.
 - **Body work** (signed 16 KiB payload, Lambda, JSON body template, NATS publish) goes through Envoy's buffer \
   filter, because a Wasm filter cannot pause a request's headers and still read its body; the aws filter then \
   sends the signed request or the Lambda call itself (`dispatch_http_call`) and answers with a local reply, and \
