@@ -40,7 +40,8 @@ const NOTES: &str = "\
   filter, because a Wasm filter cannot pause a request's headers and still read its body; the aws filter then \
   sends the signed request or the Lambda call itself (`dispatch_http_call`) and answers with a local reply, and \
   the nats filter sends one HTTP/2 stream per publish through Envoy's internal tunnel listener. Those extra \
-  Envoy streams are part of the figures.
+  Envoy streams are part of the figures. The details tables of these rows also show the no-op filter with the \
+  buffer filter behind it: what reading a body costs in this set-up before the filter does any work.
 - **Not compared**: Envoy's `aws_lambda` filter left the benchmark's requests unchanged (no path rewrite, no \
   signature; checked against an echo upstream), so the Lambda row has no native figure. Stock Envoy has no NATS \
   filter; its ceiling is below.
@@ -387,6 +388,7 @@ fn start(variant: &Variant, ports: &Ports, concurrency: u32) -> Envoy {
 
 const BASELINE: &str = "baseline (no filter)";
 const FLOOR: &str = "no-op wasm (floor)";
+const FLOOR_BUFFERED: &str = "no-op wasm + buffer filter";
 const NATIVE: &str = "native";
 const OURS: &str = "ours";
 
@@ -395,6 +397,12 @@ async fn measure(scenario: &Scenario, concurrency: u32, ports: &Ports, settings:
         Variant { name: BASELINE, filters: vec![] },
         Variant { name: FLOOR, filters: vec![wasm_filter("noop", &json!({}))] },
     ];
+    // Where ours needs Envoy's buffer filter (to read bodies), the no-op filter with it shows what that part of
+    // the set-up costs before any work.
+    if scenario.ours.contains(&buffer_filter()) {
+        variants
+            .push(Variant { name: FLOOR_BUFFERED, filters: vec![wasm_filter("noop", &json!({})), buffer_filter()] });
+    }
     if let Some(native) = &scenario.native {
         variants.push(Variant { name: NATIVE, filters: native.clone() });
     }
