@@ -1,10 +1,11 @@
 //! The probe filter: on each request's headers it makes `count` host calls of one kind, configured as
-//! `"<kind>:<count>"` (kinds: `get`, `miss`, `pairs`, `set`, `metric`). The benchmark compares it with the no-op
+//! `"<kind>:<count>"` (kinds: `get`, `miss`, `pairs`, `set`, `metric`; `body_read`, `body_replace` at the end of
+//! the request body). The benchmark compares it with the no-op
 //! filter to tell what one call costs, which is where most of a filter's time goes.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType, MetricType};
 
 #[derive(Clone, Copy, Default)]
 enum Kind {
@@ -20,6 +21,12 @@ enum Kind {
     Set,
     /// Increment a counter.
     Metric,
+    /// Remove `content-length` (what a filter that will change the body does).
+    DropLength,
+    /// At the end of the request body: read it whole.
+    BodyRead,
+    /// At the end of the request body: read it whole and replace it with itself.
+    BodyReplace,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -45,6 +52,9 @@ impl RootContext for Root {
             "pairs" => Kind::Pairs,
             "set" => Kind::Set,
             "metric" => Kind::Metric,
+            "drop_length" => Kind::DropLength,
+            "body_read" => Kind::BodyRead,
+            "body_replace" => Kind::BodyReplace,
             _ => Kind::Nothing,
         };
         let metric = hostcalls::define_metric(MetricType::Counter, "probe").unwrap_or_default();
@@ -78,7 +88,24 @@ impl HttpContext for Stream {
                 Kind::Pairs => hostcalls::get_map_bytes(headers).map(drop),
                 Kind::Set => hostcalls::set_map_value(headers, &format!("x-probe-{i}"), Some("v")),
                 Kind::Metric => hostcalls::increment_metric(metric, 1),
+                Kind::DropLength => hostcalls::set_map_value(headers, "content-length", None),
+                Kind::BodyRead | Kind::BodyReplace => Ok(()),
             };
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Probe { kind, count, .. } = self.0;
+        if !end_of_stream || !matches!(kind, Kind::BodyRead | Kind::BodyReplace) {
+            return Action::Continue;
+        }
+        let body = BufferType::HttpRequestBody;
+        for _ in 0..count {
+            let read = hostcalls::get_buffer(body, 0, body_size).ok().flatten().unwrap_or_default();
+            if matches!(kind, Kind::BodyReplace) {
+                let _ = hostcalls::set_buffer(body, 0, body_size, &read);
+            }
         }
         Action::Continue
     }
