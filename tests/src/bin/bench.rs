@@ -43,8 +43,8 @@ const NOTES: &str = "\
   Envoy streams are part of the figures. The details tables of these rows also show the no-op filter with the \
   buffer filter behind it: what reading a body costs in this set-up before the filter does any work. In this \
   set-up a change to the request headers costs several times more than on a bodiless request (second table \
-  under \"What a host call costs\"); why, inside Envoy, is not known yet. Every body transformation and every \
-  signed body pays it at least once (`content-length` is removed or replaced).
+  under \"What a host call costs\"); why, inside Envoy, is not known yet. Every body transformation pays it at \
+  least once (it removes `content-length`).
 - **Not compared**: Envoy's `aws_lambda` filter left the benchmark's requests unchanged (no path rewrite, no \
   signature; checked against an echo upstream), so the Lambda row has no native figure. Stock Envoy has no NATS \
   filter; its ceiling is below.
