@@ -40,6 +40,17 @@ impl Metrics {
             body_too_large: c("body_too_large"),
         }
     }
+
+    /// Counts a transformation applied in full: a header-only one, or one that read the body.
+    fn applied(&self, side: Side, read_body: bool) {
+        let counter = match (side, read_body) {
+            (Side::Request, false) => &self.request_header,
+            (Side::Request, true) => &self.request_body,
+            (Side::Response, false) => &self.response_header,
+            (Side::Response, true) => &self.response_body,
+        };
+        counter.inc();
+    }
 }
 
 struct State {
@@ -193,7 +204,10 @@ impl Stream {
         };
         let outcome = t.apply(message).map_err(|reason| Failure { status: 400, reason })?;
         apply_ops(side, &outcome.ops);
-        let Some(headers) = for_body else { return Ok(None) };
+        let Some(headers) = for_body else {
+            state.metrics.applied(side, t.needs_body());
+            return Ok(None);
+        };
         let encoding = Encoding::from_header(headers.header("content-encoding").as_deref());
         if t.changes_body() {
             // The new body's length is not known yet: Envoy's buffer filter (requests) sets it again, responses go
@@ -240,6 +254,7 @@ impl Stream {
                 log::warn!("{FILTER}: cannot replace the body: {status:?}");
             }
         }
+        state.metrics.applied(side, true);
         Ok(())
     }
 
@@ -313,13 +328,6 @@ impl HttpContext for Stream {
         }
         match self.transform_headers(&state, Side::Request, &t, whole, request.into_pairs()) {
             Ok(pending) => {
-                if whole {
-                    if t.needs_body() {
-                        state.metrics.request_body.inc();
-                    } else {
-                        state.metrics.request_header.inc();
-                    }
-                }
                 self.request_pending = pending;
                 // A paused headers callback would withhold the body from this filter too (Envoy turns it into
                 // StopAllIterationAndWatermark): the headers continue, to Envoy's `buffer` filter next in the
@@ -345,10 +353,7 @@ impl HttpContext for Stream {
             BodyProgress::Complete => {
                 let Some(pending) = self.request_pending.take() else { return Action::Continue };
                 match self.transform_body(&state, Side::Request, &pending, body_size) {
-                    Ok(()) => {
-                        state.metrics.request_body.inc();
-                        Action::Continue
-                    }
+                    Ok(()) => Action::Continue,
                     Err(failure) => self.request_failed(&state, failure),
                 }
             }
@@ -381,16 +386,7 @@ impl HttpContext for Stream {
             return Action::Continue;
         }
         match self.transform_headers(&state, Side::Response, &t, whole, headers) {
-            Ok(pending) => {
-                if whole {
-                    if t.needs_body() {
-                        state.metrics.response_body.inc();
-                    } else {
-                        state.metrics.response_header.inc();
-                    }
-                }
-                self.response_pending = pending;
-            }
+            Ok(pending) => self.response_pending = pending,
             Err(failure) => self.response_failed(&state, failure, true),
         }
         Action::Continue
@@ -421,10 +417,7 @@ impl HttpContext for Stream {
             BodyProgress::Complete => {
                 let Some(pending) = self.response_pending.take() else { return Action::Continue };
                 match self.transform_body(&state, Side::Response, &pending, body_size) {
-                    Ok(()) => {
-                        state.metrics.response_body.inc();
-                        Action::Continue
-                    }
+                    Ok(()) => Action::Continue,
                     Err(failure) => {
                         self.response_failed(&state, failure, false);
                         self.on_http_response_body(body_size, end_of_stream)
