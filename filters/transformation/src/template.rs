@@ -7,9 +7,10 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use base64::Engine as _;
-use minijinja::value::{Rest, ValueKind};
+use minijinja::value::{Enumerator, Object, ObjectRepr, Rest, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
 
 use crate::inja;
@@ -169,6 +170,83 @@ pub fn to_value(json: &serde_json::Value) -> Value {
         serde_json::Value::String(s) => Value::from(s.as_str()),
         serde_json::Value::Array(items) => items.iter().map(to_value).collect(),
         serde_json::Value::Object(map) => map.iter().map(|(k, v)| (k.as_str(), to_value(v))).collect(),
+    }
+}
+
+/// The JSON context as a template value without copying it: objects and arrays are views into the parsed document
+/// that convert only what a template reads (a body template usually reads a few fields of a large body, and a full
+/// conversion cost about as much as the parse itself).
+pub fn json_context(json: Arc<serde_json::Value>) -> Value {
+    JsonView { root: json, path: Vec::new() }.into_value()
+}
+
+/// One object or array inside a parsed JSON document: the document and the way down to it.
+#[derive(Debug)]
+struct JsonView {
+    root: Arc<serde_json::Value>,
+    path: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+impl JsonView {
+    fn node(&self) -> &serde_json::Value {
+        self.path
+            .iter()
+            .try_fold(&*self.root, |node, step| match step {
+                Step::Key(key) => node.get(key.as_str()),
+                Step::Index(index) => node.get(*index),
+            })
+            .unwrap_or(&serde_json::Value::Null)
+    }
+
+    /// Scalars become template values at once; objects and arrays stay views.
+    fn into_value(self) -> Value {
+        match self.node() {
+            serde_json::Value::Object(_) | serde_json::Value::Array(_) => Value::from_object(self),
+            scalar => to_value(scalar),
+        }
+    }
+
+    fn child(&self, step: Step) -> Value {
+        let mut path = self.path.clone();
+        path.push(step);
+        JsonView { root: Arc::clone(&self.root), path }.into_value()
+    }
+}
+
+impl Object for JsonView {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        match self.node() {
+            serde_json::Value::Array(_) => ObjectRepr::Seq,
+            _ => ObjectRepr::Map,
+        }
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        match self.node() {
+            serde_json::Value::Object(map) => {
+                let key = key.as_str()?;
+                map.contains_key(key).then(|| self.child(Step::Key(key.to_string())))
+            }
+            serde_json::Value::Array(items) => {
+                let index = key.as_usize().filter(|i| *i < items.len())?;
+                Some(self.child(Step::Index(index)))
+            }
+            _ => None,
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        match self.node() {
+            serde_json::Value::Object(map) => Enumerator::Values(map.keys().map(|k| Value::from(k.as_str())).collect()),
+            serde_json::Value::Array(items) => Enumerator::Seq(items.len()),
+            _ => Enumerator::Empty,
+        }
     }
 }
 
@@ -519,7 +597,7 @@ mod tests {
             headers,
             body: "{\"name\": \"Ann\"}".to_string(),
             extractions: [("id".to_string(), "42".to_string())].into_iter().collect(),
-            context: to_value(&json!({"name": "Ann", "items": [3, 1, 2], "obj": {"k": "v"}, "n": 2.5})),
+            context: json_context(Arc::new(json!({"name": "Ann", "items": [3, 1, 2], "obj": {"k": "v"}, "n": 2.5}))),
             env: Rc::new([("HOME_TEST".to_string(), "/home".to_string())].into_iter().collect()),
             data_sources: Rc::new([("greeting".to_string(), "hello".to_string())].into_iter().collect()),
             randoms: RefCell::default(),
@@ -648,6 +726,25 @@ mod tests {
         templates.add("t", "{{ header(\"a\") }}{{ name }}{% set x = 1 %}{{ x }}", false).unwrap();
         let names = templates.undeclared_variables("t");
         assert!(names.contains("header") && names.contains("name") && !names.contains("x"), "{names:?}");
+    }
+
+    #[test]
+    fn json_views_render_as_copied_values() {
+        let json = json!({"a": {"b": [1, {"c": "x"}, null]}, "list": [{"k": 2}, {"k": 1}], "s": "t", "e": {}, "z": []});
+        let sources = [
+            "{{ a }}|{{ a.b }}|{{ a.b.1.c }}|{{ a.b[-1] }}|{{ list.0.k }}|{{ s }}|{{ e }}|{{ z }}",
+            "{% for x in a.b %}{{ loop.index }}{{ x }};{% endfor %}{% for k in a %}{{ k }}{% endfor %}",
+            "{% for k, v in list.1 %}{{ k }}={{ v }}{% endfor %}|{{ length(list) }}|{{ length(a) }}",
+            "{{ exists(\"a.b\") }}{{ exists(\"a.q\") }}|{{ at(a.b, 1) }}|{{ isObject(a) }}{{ isArray(a.b) }}",
+            "{% if e %}full{% else %}empty{% endif %}{% if a %}!{% endif %}|{{ a.b.1.c == \"x\" }}{{ list.0.k > 1 }}",
+        ];
+        for source in sources {
+            let mut templates = Templates::new(false);
+            templates.add("t", source, false).unwrap();
+            let viewed = templates.render("t", &json_context(Arc::new(json.clone()))).unwrap();
+            assert_eq!(Ok(viewed), templates.render("t", &to_value(&json)), "{source}");
+        }
+        assert_eq!(to_json(&json_context(Arc::new(json.clone()))), json);
     }
 
     #[test]

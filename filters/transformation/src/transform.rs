@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use shared::request::{is_safe_header_value, query_param, split_path};
@@ -11,7 +12,7 @@ use shared::ConfigError;
 
 use crate::body::set_dotted;
 use crate::extractor::{Extractor, Source};
-use crate::template::{to_value, RenderData, RenderScope, Templates};
+use crate::template::{json_context, RenderData, RenderScope, Templates};
 
 /// Which part of a transformation to run. Envoy's Wasm ABI cannot change headers once the body is being read
 /// (a paused headers callback withholds the body), so a transformation that needs the body runs twice: its header
@@ -323,7 +324,8 @@ impl TemplateTransformation {
             }
             extractions.insert(name.clone(), value);
         }
-        let context = to_value(&json);
+        let json = Arc::new(json);
+        let context = json_context(Arc::clone(&json));
         // The render data owns the headers: each header template changes them in place, so that the next one sees
         // them as Gloo's would (no copy per template).
         let scope = RenderScope::new(RenderData {
@@ -344,7 +346,7 @@ impl TemplateTransformation {
             BodySpec::Template(_) => Some(render("body")?.into_bytes()),
             BodySpec::MergeExtractorsToBody => Some(json.to_string().into_bytes()),
             BodySpec::MergeJsonKeys(_) => {
-                let mut merged = json.clone();
+                let mut merged = (*json).clone();
                 for (name, id, override_empty) in &self.merge_templates {
                     let rendered = render(id)?;
                     if !rendered.is_empty() || *override_empty {
