@@ -162,6 +162,105 @@ impl Spread {
     }
 }
 
+/// Where a process's CPU time went, from `perf` samples of one core: code V8 compiled from Wasm (anonymous
+/// executable memory: our filters, the SDK, their allocator and the calls' stubs), Envoy's own binary (its host
+/// side of every call included), the kernel, and other libraries (libc's malloc and memcpy).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuSplit {
+    pub wasm: f64,
+    pub envoy: f64,
+    pub kernel: f64,
+    pub libraries: f64,
+}
+
+impl CpuSplit {
+    pub fn total(&self) -> f64 {
+        self.wasm + self.envoy + self.kernel + self.libraries
+    }
+
+    fn add(&mut self, dso: &str, amount: f64) {
+        let file = dso.rsplit('/').next().unwrap_or(dso);
+        if dso.contains("kernel") {
+            self.kernel += amount;
+        } else if file == "envoy" {
+            self.envoy += amount;
+        } else if (file.starts_with("perf-") && file.ends_with(".map")) || dso.contains("anon") || dso == "[unknown]" {
+            self.wasm += amount;
+        } else {
+            self.libraries += amount;
+        }
+    }
+
+    pub fn scaled(&self, factor: f64) -> CpuSplit {
+        CpuSplit {
+            wasm: self.wasm * factor,
+            envoy: self.envoy * factor,
+            kernel: self.kernel * factor,
+            libraries: self.libraries * factor,
+        }
+    }
+}
+
+/// Sample counts per process and place, from `perf script -F pid,ip,dso` output (`1234  55c443b15fa8 (/a/dso)`).
+pub fn split_samples(script: &str) -> std::collections::HashMap<u32, CpuSplit> {
+    let mut by_pid: std::collections::HashMap<u32, CpuSplit> = std::collections::HashMap::new();
+    for line in script.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(pid), Some(dso)) = (fields.next().and_then(|p| p.parse::<u32>().ok()), fields.last()) else {
+            continue;
+        };
+        let Some(dso) = dso.strip_prefix('(').and_then(|d| d.strip_suffix(')')) else { continue };
+        by_pid.entry(pid).or_default().add(dso, 1.0);
+    }
+    by_pid
+}
+
+/// `perf record` of every process on one core, while it runs. `None` where perf is missing or not allowed.
+pub struct CoreProfile {
+    perf: std::process::Child,
+    file: std::path::PathBuf,
+}
+
+/// Samples per second per core: enough for a per-request split over a few seconds of load, little overhead.
+pub const PROFILE_HZ: u32 = 2999;
+
+impl CoreProfile {
+    pub fn start(core: u32) -> Option<CoreProfile> {
+        let file = std::env::temp_dir().join(format!("bench-perf-{}-{core}.data", std::process::id()));
+        let perf = std::process::Command::new("perf")
+            .args(["record", "-q", "-F", &PROFILE_HZ.to_string(), "-C", &core.to_string(), "-o"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        // perf needs a moment before it samples; a failure to open its events ends it at once.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut profile = CoreProfile { perf, file };
+        match profile.perf.try_wait() {
+            Ok(None) => Some(profile),
+            _ => None,
+        }
+    }
+
+    /// Stops recording; CPU seconds per process, split by place.
+    pub fn stop(mut self) -> std::collections::HashMap<u32, CpuSplit> {
+        let pid = self.perf.id().to_string();
+        let _ = std::process::Command::new("kill").args(["-INT", &pid]).status();
+        let _ = self.perf.wait();
+        let script = std::process::Command::new("perf")
+            .args(["script", "-F", "pid,ip,dso", "-i"])
+            .arg(&self.file)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let _ = fs::remove_file(&self.file);
+        let seconds_per_sample = 1.0 / f64::from(PROFILE_HZ);
+        split_samples(&script).into_iter().map(|(pid, split)| (pid, split.scaled(seconds_per_sample))).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +273,17 @@ mod tests {
         assert_eq!(s.show(1), "2.0 (1.0–3.0)");
         assert!(s.overlaps(&Spread::of(&[2.5, 9.0])));
         assert!(!s.overlaps(&Spread::of(&[4.0, 9.0])));
+    }
+
+    #[test]
+    fn perf_samples_split_by_place() {
+        let script = "41  55c443b15fa8 (/usr/lib/envoy)\n41  2a1f (/tmp/perf-41.map)\n\
+                      41  ffffffff8200e6d5 ([kernel.kallsyms])\n41  7f01 (/usr/lib/x86_64-linux-gnu/libc.so.6)\n\
+                      41  2a2f (/tmp/perf-41.map)\n 7  0 ([unknown])\njunk\n";
+        let split = split_samples(script);
+        assert_eq!(split[&41], CpuSplit { wasm: 2.0, envoy: 1.0, kernel: 1.0, libraries: 1.0 });
+        assert_eq!(split[&7].wasm, 1.0);
+        assert_eq!(split[&41].scaled(0.5).total(), 2.5);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use integration_tests::bench::{rss_kib, run_round, RequestSpec, Round, Spread};
+use integration_tests::bench::{rss_kib, run_round, CoreProfile, CpuSplit, RequestSpec, Round, Spread, PROFILE_HZ};
 use integration_tests::nats_server::NatsServer;
 use integration_tests::paths::{project_root, wasm_dir};
 use integration_tests::rls::{Mode, RateLimitServer};
@@ -92,6 +92,8 @@ struct Measured {
     native_name: &'static str,
     target: Target,
     variants: Vec<(&'static str, Vec<Round>)>,
+    /// Per variant, µs per request by where the CPU went (perf, 1 worker only; empty without perf).
+    profile: Vec<(&'static str, CpuSplit)>,
 }
 
 /// A Wasm filter from target/; a JSON string `config` is passed as its text, anything else as JSON.
@@ -416,16 +418,21 @@ async fn measure(scenario: &Scenario, concurrency: u32, ports: &Ports, settings:
         variants.push(Variant { name: NATIVE, filters: native.clone() });
     }
     variants.push(Variant { name: OURS, filters: scenario.ours.clone() });
+    let profile = concurrency == 1;
+    let (rounds, profile) =
+        run_interleaved(scenario.name, &scenario.request, &variants, concurrency, ports, settings, profile).await;
     Measured {
         scenario: scenario.name,
         concurrency,
         native_name: scenario.native_name,
         target: scenario.target,
-        variants: run_interleaved(scenario.name, &scenario.request, &variants, concurrency, ports, settings).await,
+        variants: rounds,
+        profile,
     }
 }
 
-/// Starts one Envoy per variant, warms each up, then loads them in rotating interleaved rounds.
+/// Starts one Envoy per variant, warms each up, then loads them in rotating interleaved rounds. With `profile`
+/// (and perf available), also where each variant's CPU went over the rounds, in µs per request.
 async fn run_interleaved(
     label: &str,
     request: &RequestSpec,
@@ -433,12 +440,15 @@ async fn run_interleaved(
     concurrency: u32,
     ports: &Ports,
     settings: &Settings,
-) -> Vec<(&'static str, Vec<Round>)> {
+    profile: bool,
+) -> (Vec<(&'static str, Vec<Round>)>, Vec<(&'static str, CpuSplit)>) {
     let envoys: Vec<Envoy> = variants.iter().map(|v| start(v, ports, concurrency)).collect();
     for envoy in &envoys {
         let warm = run_round(envoy.port("front"), envoy.pid(), request, settings.warmup, settings.connections).await;
         assert_eq!(warm.unexpected, 0, "{label}: unexpected answers while warming up:\n{}", envoy.log());
     }
+    // The measured Envoys run on core 0 (see `start`), and only them: the samples of that core split by process.
+    let recording = if profile { CoreProfile::start(0) } else { None };
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); variants.len()];
     for round in 0..settings.rounds {
         // Rotate the order every round, so that no variant always runs first (or right after another).
@@ -451,7 +461,14 @@ async fn run_interleaved(
             rounds[i].push(result);
         }
     }
-    variants.iter().map(|v| v.name).zip(rounds).collect()
+    let requests = settings.rounds as f64 * settings.requests as f64;
+    let splits = recording.map(CoreProfile::stop).unwrap_or_default();
+    let profile = variants
+        .iter()
+        .zip(&envoys)
+        .filter_map(|(v, envoy)| splits.get(&envoy.pid()).map(|split| (v.name, split.scaled(1e6 / requests))))
+        .collect();
+    (variants.iter().map(|v| v.name).zip(rounds).collect(), profile)
 }
 
 /// How many calls of one kind the probe filter makes per request in its "many" variant: enough to lift the
@@ -482,7 +499,7 @@ async fn host_call_costs(ports: &Ports, settings: &Settings) -> String {
     let request = get("/users/42", &[("x-user", "ada@example.com")]);
     // Twice the requests of a scenario round: single calls are small next to the machine's noise.
     let settings = Settings { requests: settings.requests * 2, ..*settings };
-    let measured = run_interleaved("host calls", &request, &variants, 1, ports, &settings).await;
+    let (measured, _) = run_interleaved("host calls", &request, &variants, 1, ports, &settings, false).await;
     let Some((_, none)) = measured.first() else { return String::new() };
     let mut out = format!(
         "| host call | one call per request, µs | {PROBE_CALLS} calls per request, µs per call |\n|---|---|---|\n"
@@ -511,7 +528,7 @@ async fn body_call_costs(ports: &Ports, settings: &Settings) -> String {
         probe("read the whole body and replace it", "body_replace", 1),
     ];
     let settings = Settings { requests: settings.requests * 2, ..*settings };
-    let measured = run_interleaved("body calls", &order_request(), &variants, 1, ports, &settings).await;
+    let (measured, _) = run_interleaved("body calls", &order_request(), &variants, 1, ports, &settings, false).await;
     let Some((_, none)) = measured.first() else { return String::new() };
     let mut out = String::from("| with a 1 KiB body and the buffer filter | one call per request, µs |\n|---|---|\n");
     for (name, rounds) in measured.get(1..).unwrap_or_default() {
@@ -544,6 +561,26 @@ impl Measured {
     }
 }
 
+/// The profile summary rows of a scenario: what the floor and ours add over the baseline, by place.
+fn profile_rows(m: &Measured) -> Vec<String> {
+    let split = |name: &str| m.profile.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
+    let Some(baseline) = split(BASELINE) else { return Vec::new() };
+    [FLOOR, OURS]
+        .iter()
+        .filter_map(|name| {
+            let added = split(name)?;
+            Some(format!(
+                "| {} | {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                m.scenario,
+                added.wasm - baseline.wasm,
+                added.envoy + added.libraries - baseline.envoy - baseline.libraries,
+                added.kernel - baseline.kernel,
+                added.total() - baseline.total()
+            ))
+        })
+        .collect()
+}
+
 /// Appends the scenario's detail table to `out`; returns its summary row.
 fn report_scenario(out: &mut String, m: &Measured) -> String {
     let _ = writeln!(out, "\n### {} — concurrency {}\n", m.scenario, m.concurrency);
@@ -561,6 +598,25 @@ fn report_scenario(out: &mut String, m: &Measured) -> String {
             of(|r| r.p50_us).median,
             of(|r| r.p99_us).median
         );
+    }
+    if !m.profile.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nWhere the CPU went (perf samples of the Envoys' core over the rounds, µs per request):\n\n\
+             | variant | Wasm code (V8) | Envoy | other libraries | kernel | sampled total |\n|---|---|---|---|---|---|"
+        );
+        for (name, split) in &m.profile {
+            let label = if *name == NATIVE { m.native_name } else { name };
+            let _ = writeln!(
+                out,
+                "| {label} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                split.wasm,
+                split.envoy,
+                split.libraries,
+                split.kernel,
+                split.total()
+            );
+        }
     }
     let none = Spread { median: 0.0, min: 0.0, max: 0.0 };
     let floor = m.added(FLOOR).unwrap_or(none);
@@ -655,6 +711,7 @@ async fn main() {
 
     let mut details = String::new();
     let mut summary = Vec::new();
+    let mut profile = Vec::new();
     for concurrency in [1, 2] {
         for scenario in scenarios() {
             if only.as_ref().is_some_and(|only| !scenario.name.contains(only.as_str())) {
@@ -663,6 +720,7 @@ async fn main() {
             eprintln!("[bench] {} (concurrency {concurrency})", scenario.name);
             let measured = measure(&scenario, concurrency, &ports, &settings).await;
             summary.push(report_scenario(&mut details, &measured));
+            profile.extend(profile_rows(&measured));
         }
     }
 
@@ -708,6 +766,24 @@ async fn main() {
     let _ = writeln!(doc, "|---|---|---|---|---|---|---|---|");
     for line in &summary {
         let _ = writeln!(doc, "{line}");
+    }
+    if !profile.is_empty() {
+        let _ = writeln!(doc, "\n## Where the added time goes (1 worker, perf)\n");
+        let _ = writeln!(
+            doc,
+            "`perf record` sampled the Envoys' core at {PROFILE_HZ} Hz during the rounds above; each sample is put \
+             where the code lives. **Wasm code** is what V8 compiled from the .wasm file: the filter's own logic, \
+             the proxy-wasm SDK, the allocator inside the VM and the call stubs. **Envoy and libraries** is the host \
+             side: Envoy answering the filter's calls (header maps, shared data, metrics, local replies, side \
+             streams), V8's runtime around each call into and out of the VM, and libc (malloc, memcpy). µs per \
+             request added over the no-filter baseline; sampling makes each figure good to a few tenths of a µs, \
+             and one run's rounds differ from the next's as the summary's ranges show.\n"
+        );
+        let _ = writeln!(doc, "| scenario | variant | Wasm code | Envoy and libraries | kernel | total |");
+        let _ = writeln!(doc, "|---|---|---|---|---|---|");
+        for line in &profile {
+            let _ = writeln!(doc, "{line}");
+        }
     }
     let _ = writeln!(doc, "\n{NOTES}");
     if let Some(c) = ceiling {
