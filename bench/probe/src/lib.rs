@@ -1,6 +1,6 @@
 //! The probe filter: on each request's headers it makes `count` host calls of one kind, configured as
-//! `"<kind>:<count>"` (kinds: `get`, `miss`, `pairs`, `set`, `metric`; `body_read`, `body_replace` at the end of
-//! the request body). The benchmark compares it with the no-op
+//! `"<kind>:<count>"` (kinds: `get`, `miss`, `pairs`, `set`, `metric`, `shared_get`, `shared_cas`, `clock`;
+//! `body_read`, `body_replace` at the end of the request body). The benchmark compares it with the no-op
 //! filter to tell what one call costs, which is where most of a filter's time goes.
 
 use proxy_wasm::hostcalls;
@@ -21,6 +21,12 @@ enum Kind {
     Set,
     /// Increment a counter.
     Metric,
+    /// Read an 8-byte shared-data value (what the rate-limit filter reads per bucket).
+    SharedGet,
+    /// Read it and write it back with its CAS token (the rate-limit filter's update).
+    SharedCas,
+    /// Read WASI's monotonic clock.
+    Clock,
     /// Remove `content-length` (what a filter that will change the body does).
     DropLength,
     /// At the end of the request body: read it whole.
@@ -52,12 +58,16 @@ impl RootContext for Root {
             "pairs" => Kind::Pairs,
             "set" => Kind::Set,
             "metric" => Kind::Metric,
+            "shared_get" => Kind::SharedGet,
+            "shared_cas" => Kind::SharedCas,
+            "clock" => Kind::Clock,
             "drop_length" => Kind::DropLength,
             "body_read" => Kind::BodyRead,
             "body_replace" => Kind::BodyReplace,
             _ => Kind::Nothing,
         };
         let metric = hostcalls::define_metric(MetricType::Counter, "probe").unwrap_or_default();
+        let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&0u64.to_le_bytes()), None);
         self.0 = Probe { kind, count: count.parse().unwrap_or(0), metric };
         true
     }
@@ -70,6 +80,9 @@ impl RootContext for Root {
         Some(ContextType::HttpContext)
     }
 }
+
+/// The shared-data value the shared-data kinds read and write.
+const SHARED_KEY: &str = "probe:bucket";
 
 struct Stream(Probe);
 
@@ -88,6 +101,15 @@ impl HttpContext for Stream {
                 Kind::Pairs => hostcalls::get_map_bytes(headers).map(drop),
                 Kind::Set => hostcalls::set_map_value(headers, &format!("x-probe-{i}"), Some("v")),
                 Kind::Metric => hostcalls::increment_metric(metric, 1),
+                Kind::SharedGet => hostcalls::get_shared_data(SHARED_KEY).map(drop),
+                Kind::SharedCas => match hostcalls::get_shared_data(SHARED_KEY) {
+                    Ok((Some(value), cas)) => hostcalls::set_shared_data(SHARED_KEY, Some(&value), cas),
+                    other => other.map(drop),
+                },
+                Kind::Clock => {
+                    std::hint::black_box(std::time::Instant::now());
+                    Ok(())
+                }
                 Kind::DropLength => hostcalls::set_map_value(headers, "content-length", None),
                 Kind::BodyRead | Kind::BodyReplace => Ok(()),
             };

@@ -476,12 +476,15 @@ async fn run_interleaved(
 const PROBE_CALLS: u32 = 10;
 
 /// The host calls the probe measures: (what the report calls it, the probe's kind).
-const PROBE_KINDS: [(&str, &str); 5] = [
+const PROBE_KINDS: [(&str, &str); 8] = [
     ("read a header that is there (`:path`)", "get"),
     ("read a header that is not there", "miss"),
     ("read all request headers at once", "pairs"),
     ("set a request header", "set"),
     ("increment a counter", "metric"),
+    ("read a shared-data value (8 bytes)", "shared_get"),
+    ("read a shared-data value and write it back with its CAS token", "shared_cas"),
+    ("read the monotonic clock (WASI)", "clock"),
 ];
 
 /// What one host call costs, in Envoy CPU µs: the probe filter making one and `PROBE_CALLS` calls of one kind per
