@@ -78,6 +78,8 @@ fn with_data<R>(f: impl FnOnce(&RenderData) -> R) -> Option<R> {
 /// The templates of one transformation, in one minijinja environment.
 pub struct Templates {
     env: Environment<'static>,
+    /// Templates without tags (`"text": "application/json"`): their text is their output, without the engine.
+    literals: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -98,17 +100,25 @@ impl Templates {
             out.write_str(&text).map_err(|_| Error::new(ErrorKind::WriteFailure, "write failed"))
         });
         register_functions(&mut env);
-        Templates { env }
+        Templates { env, literals: HashMap::new() }
     }
 
     /// Parses a template under `name` (what errors call it). The error is the parser's message.
     pub fn add(&mut self, name: &str, source: &str, pointer_notation: bool) -> Result<(), String> {
+        // No `{{ }}`, `{% %}`, `{# #}` and no `##` line statement: nothing for the engine to do.
+        if !source.contains('{') && !source.contains("##") {
+            self.literals.insert(name.to_string(), source.to_string());
+            return Ok(());
+        }
         let translated = inja::translate(source, pointer_notation);
         self.env.add_template_owned(name.to_string(), translated).map_err(|e| describe(&e))
     }
 
     /// Renders the template `name` with `context` (a map; anything else renders with an empty context, as in Gloo).
     pub fn render(&self, name: &str, context: &Value) -> Result<String, String> {
+        if let Some(text) = self.literals.get(name) {
+            return Ok(text.clone());
+        }
         let template = self.env.get_template(name).map_err(|e| describe(&e))?;
         let empty = Value::from(BTreeMap::<String, Value>::new());
         let context = if context.kind() == ValueKind::Map { context } else { &empty };
@@ -726,6 +736,19 @@ mod tests {
         templates.add("t", "{{ header(\"a\") }}{{ name }}{% set x = 1 %}{{ x }}", false).unwrap();
         let names = templates.undeclared_variables("t");
         assert!(names.contains("header") && names.contains("name") && !names.contains("x"), "{names:?}");
+    }
+
+    #[test]
+    fn templates_without_tags_are_their_text() {
+        for source in ["application/json", "", "a } b\n", "100%"] {
+            let mut templates = Templates::new(true);
+            templates.add("t", source, false).unwrap();
+            assert_eq!(templates.render("t", &Value::UNDEFINED).unwrap(), source);
+            assert!(templates.undeclared_variables("t").is_empty());
+        }
+        // A brace or a line statement still goes to the engine.
+        assert_eq!(render("{{ name }}"), "Ann");
+        assert_eq!(render("## if true\nyes\n## endif\n"), "yes\n");
     }
 
     #[test]

@@ -300,6 +300,13 @@ impl TemplateTransformation {
     fn apply(&self, message: Message<'_>) -> Result<Outcome, String> {
         let spec = &self.spec;
         let part = message.part;
+        // The headers part of a body-only transformation: nothing to render (the body part extracts again).
+        let changes_headers = !(self.header_templates.is_empty()
+            && self.append_templates.is_empty()
+            && spec.headers_to_remove.is_empty());
+        if part == Part::HeadersOnly && !changes_headers {
+            return Ok(Outcome::default());
+        }
         let body_text = String::from_utf8_lossy(message.body).into_owned();
         let mut json = Value::Null;
         if spec.parse_json && !message.body.is_empty() {
@@ -529,6 +536,23 @@ mod tests {
         let out = t.apply(request(&[(":path", "/users/42")], br#"{"name": "Ann"}"#)).unwrap();
         assert_eq!(out.ops, vec![HeaderOp::Set("x-user-id".into(), "42".into())]);
         assert_eq!(out.body.unwrap(), br#"{"user": "42", "name": "Ann"}"#);
+    }
+
+    #[test]
+    fn split_parts_headers_then_body() {
+        let mut s = spec();
+        s.body = BodySpec::Template("{{ name }}".into());
+        let body_only = build(s.clone());
+        let mut message = request(&[(":path", "/p")], br#"{"name": "Ann"}"#);
+        message.part = Part::HeadersOnly;
+        assert_eq!(body_only.apply(message.clone()).unwrap(), Outcome::default());
+        message.part = Part::BodyOnly;
+        assert_eq!(body_only.apply(message.clone()).unwrap().body.unwrap(), b"Ann");
+        // With a header template the headers part renders it (and only it).
+        s.headers.push(("x-a".into(), "{{ header(\":path\") }}".into()));
+        message.part = Part::HeadersOnly;
+        let out = build(s).apply(message).unwrap();
+        assert_eq!((out.ops, out.body), (vec![HeaderOp::Set("x-a".into(), "/p".into())], None));
     }
 
     #[test]
