@@ -181,13 +181,23 @@ fn order_request() -> RequestSpec {
     order
 }
 
-/// A 1 KiB JSON order.
+/// A 1 KiB JSON order (1032 bytes: 23 order lines).
 fn order_json() -> Vec<u8> {
     let items: Vec<Value> =
-        (0..12).map(|i| json!({"sku": format!("sku-{i:04}"), "qty": i % 3 + 1, "price": 9.5 + f64::from(i)})).collect();
+        (0..23).map(|i| json!({"sku": format!("sku-{i:04}"), "qty": i % 3 + 1, "price": 9.5 + f64::from(i)})).collect();
     let order = json!({"customer": {"name": "Ada Lovelace", "email": "ada@example.com", "tier": "gold"},
                        "items": items, "note": "leave at the door"});
     order.to_string().into_bytes()
+}
+
+/// The JSON body row's template: four fields of the order.
+const ORDER_TEMPLATE: &str = "{\"customer\": \"{{ customer.name }}\", \"tier\": \"{{ upper(customer.tier) }}\", \
+                              \"lines\": {{ length(items) }}, \"first\": \"{{ items.0.sku }}\"}";
+
+/// A transformation filter configuration applying `template` (a `transformation_template`) to /orders requests.
+fn order_transformation(template: Value) -> Value {
+    json!({"transformations": [{"match": {"prefix": "/orders"}, "route_transformations": {
+        "request_transformation": {"transformation_template": template}}}]})
 }
 
 fn transformation_scenarios() -> Vec<Scenario> {
@@ -206,9 +216,7 @@ function envoy_on_request(handle)
     handle:headers():replace("x-greeting", "hello " .. string.upper(name))
   end
 end"#;
-    let body = json!({"transformations": [{"match": {"prefix": "/orders"}, "route_transformations": {
-        "request_transformation": {"transformation_template": {
-            "body": {"text": "{\"customer\": \"{{ customer.name }}\", \"tier\": \"{{ upper(customer.tier) }}\", \"lines\": {{ length(items) }}, \"first\": \"{{ items.0.sku }}\"}"}}}}}]});
+    let body = order_transformation(json!({"body": {"text": ORDER_TEMPLATE}}));
     // Lua has no JSON parser in Envoy: the same fields are taken with string patterns (less strict than a parse).
     let lua_body = r#"
 function envoy_on_request(handle)
@@ -540,6 +548,45 @@ async fn body_call_costs(ports: &Ports, settings: &Settings) -> String {
     out
 }
 
+/// The JSON body row taken apart: the transformation filter doing more and more of that row's work on the same
+/// request, each step against the no-op filter with the buffer filter (1 worker, with the perf split).
+async fn body_steps(ports: &Ports, settings: &Settings) -> String {
+    let step = |name: &'static str, template: Value| Variant {
+        name,
+        filters: vec![wasm_filter("transformation", &order_transformation(template)), buffer_filter()],
+    };
+    let constant = json!({"text": "{\"constant\": true}"});
+    let variants = vec![
+        Variant { name: FLOOR_BUFFERED, filters: vec![wasm_filter("noop", &json!({})), buffer_filter()] },
+        step(
+            "a static request header, body passed through",
+            json!({"headers": {"x-a": {"text": "b"}}, "passthrough": {}}),
+        ),
+        step("a constant body, JSON not parsed", json!({"parse_body_behavior": "DontParse", "body": constant})),
+        step("a constant body, JSON parsed", json!({"body": constant})),
+        step("the row's template (four fields of the parsed JSON)", json!({"body": {"text": ORDER_TEMPLATE}})),
+    ];
+    let (measured, profile) =
+        run_interleaved("body steps", &order_request(), &variants, 1, ports, settings, true).await;
+    let Some((_, reference)) = measured.first() else { return String::new() };
+    let split = |name: &str| profile.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
+    let mut out = String::from(
+        "| step | added CPU over the no-op filter, µs | in Wasm code | in Envoy and libraries |\n|---|---|---|---|\n",
+    );
+    for (name, rounds) in measured.get(1..).unwrap_or_default() {
+        let places = match (split(name), split(FLOOR_BUFFERED)) {
+            (Some(ours), Some(floor)) => format!(
+                "{:.1} | {:.1}",
+                ours.wasm - floor.wasm,
+                ours.envoy + ours.libraries - floor.envoy - floor.libraries
+            ),
+            _ => "— | —".to_string(),
+        };
+        let _ = writeln!(out, "| {name} | {} | {places} |", per_call(rounds, reference, 1));
+    }
+    out
+}
+
 /// CPU per call of one probe variant, round by round against the no-call probe of the same round.
 fn per_call(rounds: &[Round], none: &[Round], calls: u32) -> String {
     let values: Vec<f64> = rounds
@@ -739,6 +786,12 @@ async fn main() {
     } else {
         None
     };
+    let steps = if only.as_ref().is_none_or(|only| "JSON body steps".contains(only.as_str())) {
+        eprintln!("[bench] the JSON body row, step by step");
+        Some(body_steps(&ports, &settings).await)
+    } else {
+        None
+    };
     let (bare_ms, bare_mib) = startup("bench.yaml", &ports);
     let (demo_ms, demo_mib) = startup("demo.yaml", &ports);
 
@@ -822,6 +875,18 @@ async fn main() {
              cheap to read and replace.\n"
         );
         let _ = writeln!(doc, "{body_table}");
+    }
+    if let Some(steps) = steps {
+        let _ = writeln!(doc, "\n## The JSON body row, step by step\n");
+        let _ = writeln!(
+            doc,
+            "The transformation filter on the JSON row's request (POST, the 1 KiB order, buffer filter behind it): \
+             first a header change alone (the body passes through), then the body steps: a constant new body \
+             without parsing the JSON, the same after parsing it, and the row's template. Added CPU per request \
+             over the no-op filter with the buffer filter, medians and min–max over the rounds, and the perf split \
+             of the same rounds.\n"
+        );
+        let _ = writeln!(doc, "{steps}");
     }
     let _ = writeln!(doc, "\n## Size and start-up\n");
     let _ = writeln!(doc, "| .wasm | bytes | under 1 MiB |\n|---|---|---|");
