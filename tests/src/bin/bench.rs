@@ -24,27 +24,31 @@ const NOTES: &str = "\
 
 - The **no-op Wasm floor** is what any proxy-wasm filter costs in Envoy before it does anything: creating the \
   stream context and Envoy calling into the VM for every stream event. Our figures include it.
-- **Where our time goes**: the floor, the host calls a filter must make, and its own code. The host calls are \
-  measured below (\"What a host call costs\"; across runs on this machine): a header read costs about 1–2 µs, \
-  reading all headers at once 1.5–3.5 µs, a header write 0.5–2.5 µs, the first call of a kind in a request the \
-  most; a value read from Envoy costs a call back into the VM to allocate it. The filters make the fewest \
-  calls their work needs: the rate-limit allow path reads the key header, one shared-data value, writes it back \
-  with compare-and-swap and counts; the transformation, aws and nats filters read all request headers once \
-  (matching included) and write only the headers that change. Their own logic, natively (`cargo bench`): a GCRA \
-  decision 0.1 µs, a rate-limit rule 0.25 µs, a SigV4 signature 3.5 µs, a header template 0.7 µs, a body \
-  template over 1 KiB of JSON 0.9 µs, a NATS subject 0.2 µs; run once under Node's V8 for comparison, a header \
-  transformation with one extraction and two templates took 3.7 µs and a SigV4 signature 7.4 µs (SHA-256 has no \
-  CPU instructions in Wasm). With a floor of about 5 µs, the header-only target (at most 1.5x the floor) leaves \
-  about 2.5 µs, about what one header read plus one header write cost: the ABI, not the logic, sets that bound.
+- **Where our time goes** is in the perf table above: the host side (Envoy answering the filter's calls) and our \
+  code in the VM. The host calls are measured one by one below (\"What a host call costs\"): a header read about \
+  1 µs, all headers at once 1.5–3 µs, a header write 0.5–2.5 µs, a shared-data read 1 µs and read + CAS write \
+  1.5 µs, the first call of a kind in a request the dearest; a value read from Envoy costs a call back into the VM \
+  to allocate it. The filters make the fewest calls their work needs: the rate-limit allow path reads the key \
+  header and the clock, one shared-data value, writes it back with compare-and-swap and counts; the \
+  transformation, aws and nats filters read all request headers once (matching included) and write only the \
+  headers that change. On the header-only rows the host side alone of ours is already above the target's whole \
+  allowance (1.5x the floor leaves about 2.5 µs over a 5 µs floor): the ABI, not the logic, sets that bound.
+- **Our code** costs 2–3 times more inside Envoy than the same code in a hot loop under Node's V8 (same .wasm \
+  code, measured outside this command: a header transformation with one extraction and two templates 3.7 µs, a \
+  SigV4 signature 5.4 µs, the JSON row's template over the 1 KiB order 12 µs, SHA-256 of 16 KiB 50 µs — Wasm has \
+  no SHA instructions). V8 runs with the same tiers and trap-handler bounds checks in both; polluting the data \
+  cache between iterations did not slow the loop, and the samples inside the Wasm code are spread thin over \
+  hundreds of places, so the likely cause is running a cold path through a large module once per request. \
+  Natively (`cargo bench`): a GCRA decision 0.1 µs, a rate-limit rule 0.25 µs, a SigV4 signature 3.5 µs, a \
+  header template 0.7 µs, a NATS subject 0.2 µs.
 - **Body work** (signed 16 KiB payload, Lambda, JSON body template, NATS publish) goes through Envoy's buffer \
-  filter, because a Wasm filter cannot pause a request's headers and still read its body; the aws filter then \
-  sends the signed request or the Lambda call itself (`dispatch_http_call`) and answers with a local reply, and \
-  the nats filter sends one HTTP/2 stream per publish through Envoy's internal tunnel listener. Those extra \
-  Envoy streams are part of the figures. The details tables of these rows also show the no-op filter with the \
-  buffer filter behind it: what reading a body costs in this set-up before the filter does any work. In this \
-  set-up a change to the request headers costs several times more than on a bodiless request (second table \
-  under \"What a host call costs\"); why, inside Envoy, is not known yet. Every body transformation pays it at \
-  least once (it removes `content-length`).
+  filter, because a Wasm filter cannot pause a request's headers and still read its body, nor change them after \
+  letting them go; the aws filter therefore sends the signed request or the Lambda call itself \
+  (`dispatch_http_call`) and answers with a local reply, and the nats filter sends one HTTP/2 stream per publish \
+  through Envoy's internal tunnel listener. Those extra Envoy streams are most of the host side of these rows. \
+  On a request with a body, a change to the request headers costs several times what it costs on a bodiless \
+  one (second table under \"What a host call costs\", and the first step of the JSON row below); why, inside \
+  Envoy, is not known (its binary has no symbols).
 - **Not compared**: Envoy's `aws_lambda` filter left the benchmark's requests unchanged (no path rewrite, no \
   signature; checked against an echo upstream), so the Lambda row has no native figure. Stock Envoy has no NATS \
   filter; its ceiling is below.
