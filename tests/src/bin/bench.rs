@@ -841,9 +841,9 @@ async fn main() {
              the proxy-wasm SDK, the allocator inside the VM and the call stubs. **Envoy and libraries** is the host \
              side: Envoy answering the filter's calls (header maps, shared data, metrics, local replies, side \
              streams), V8's runtime around each call into and out of the VM, and libc (malloc, memcpy). µs per \
-             request added over the no-filter baseline. Between two full runs on this machine the Wasm column \
-             repeated within about 1 µs on the header rows and 5 µs on the body rows; the Envoy and kernel columns \
-             moved by up to 7 µs, and the sampled total can differ from the summary's figure from /proc: read the \
+             request added over the no-filter baseline. Across three full runs on this machine the Wasm column \
+             repeated within about 1 µs on the header rows and 8 µs on the body rows; the Envoy and kernel columns \
+             moved by up to 12 µs, and the sampled total can differ from the summary's figure from /proc: read the \
              columns as where the time goes, not as exact sums.\n"
         );
         let _ = writeln!(doc, "| scenario | variant | Wasm code | Envoy and libraries | kernel | total |");
