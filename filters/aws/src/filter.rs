@@ -358,7 +358,7 @@ impl Stream {
 
     /// Generic mode with a signed body: the request as the client sent it, signed, sent from here.
     fn forward_signed(&mut self, shared: &Shared, credentials: &Credentials) {
-        let body = self.body.clone().unwrap_or_default();
+        let body = self.body.take().unwrap_or_default();
         let hash = crate::sigv4::sha256_hex(&body);
         let changes = match signing::sign(&self.headers, &shared.config, credentials, unix_now(), &hash) {
             Ok(c) => c,
@@ -384,7 +384,7 @@ impl Stream {
             client_headers.push(("host".to_string(), authority));
         }
         client_headers.extend(self.headers.iter().filter(|(n, _)| !n.starts_with(':') && n != "host").cloned());
-        let body = self.body.clone().unwrap_or_default();
+        let body = self.body.take().unwrap_or_default();
         let request = ClientRequest { method: &method, path: &path, headers: &client_headers, body: &body };
         let payload = lambda::payload(lambda.format, &request);
 
