@@ -1,54 +1,140 @@
-//! Translation of Gloo's inja template syntax into the Jinja2 syntax minijinja parses.
+//! Gloo's inja template language, parsed once (at configure time) into a tree that `template.rs` renders.
 //!
-//! Both languages share `{{ }}`, `{% %}`, `{# #}`, `if`/`for`/`set`, function calls and string literals. The
-//! differences this module bridges, inside expressions and statements only (text and comments are copied as they
-//! are, and so are string literals):
-//! - inja identifiers may contain `-`, `.` and `/` (`{{ my-extractor }}`, `{{ a.b }}`, `{{ time/start }}` with
-//!   `advanced_templates`): names that are not plain Jinja names become lookups (`context()["my-extractor"]`,
-//!   `a["b"]`), and numeric path parts become indexes (`items.0` -> `items[0]`);
-//! - `loop.index` is 0-based in inja and 1-based in Jinja: `loop.index` -> `loop.index0`, `loop.index1` ->
-//!   `loop.index`, `loop.is_first` -> `loop.first`, `loop.is_last` -> `loop.last`;
-//! - `{% else if c %}` -> `{% elif c %}`; `{% for k, v in object %}` iterates key/value pairs; `null` -> `none`;
-//! - line statements: a line starting with `##` (after optional whitespace) is a statement, and the whole line,
-//!   its newline included, is replaced by it (`## if a` -> `{% if a %}`).
+//! We parse inja ourselves instead of running a Jinja engine: the language is small, and a general engine was a
+//! third of transformation.wasm and most of a header template's cost per request. What is understood:
+//! - text, `{{ expression }}`, `{% statement %}`, `{# comment #}`, whitespace control (`{{-`, `-}}`, `{%-`, `-%}`)
+//!   and line statements (a line starting with `##`, after optional whitespace, is a statement; the whole line,
+//!   its newline included, is replaced by it);
+//! - statements `if` / `else if` / `else` / `endif`, `for x in xs` / `for k, v in object` / `endfor`,
+//!   `set name = expression`, `raw` / `endraw`;
+//! - expressions: `null`, `true`, `false`, numbers, strings (`"..."` or `'...'`, JSON escapes), arrays `[..]`,
+//!   objects `{"k": v}`, variables, function calls, `.name` and `[index]` after any value, `loop.index` (from 0),
+//!   `loop.index1`, `loop.is_first`, `loop.is_last`, and the operators `or`, `and`, `not`, `==`, `!=`, `<`, `<=`,
+//!   `>`, `>=`, `in`, `+`, `-`, `*`, `/`, `%`, `^` with inja's precedence.
+//!
+//! Variable names are inja's: they may contain `-`, `.` and `/` (`{{ my-extractor }}`, `{{ a.b.0 }}`). A name is
+//! a path: its first part names a variable (a `set` or loop variable, else a field of the JSON context) and the
+//! other parts go down into it. Parts are separated by `.`, or by `/` with Gloo's `advanced_templates`
+//! (`pointer_notation`), where `.` is an ordinary name character.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
-/// Translates one template. `pointer_notation` is Gloo's `advanced_templates`: paths are written `a/b/0`.
-pub fn translate(source: &str, pointer_notation: bool) -> String {
-    let source = line_statements(source);
-    let mut out = String::with_capacity(source.len() + 16);
-    let mut rest: &str = &source;
-    while let Some(start) = find_open(rest) {
-        let (text, tail) = rest.split_at(start);
-        out.push_str(text);
-        let open = tail.get(..2).unwrap_or_default();
-        let tail = tail.get(2..).unwrap_or_default();
-        let close = match open {
-            "{{" => "}}",
-            "{%" => "%}",
-            _ => "#}",
-        };
-        out.push_str(open);
-        if close == "#}" {
-            // Comments: copied up to their end.
-            let end = tail.find(close).map_or(tail.len(), |i| i + 2);
-            out.push_str(tail.get(..end).unwrap_or_default());
-            rest = tail.get(end..).unwrap_or_default();
-            continue;
-        }
-        let end = find_close(tail, close);
-        let inner = tail.get(..end).unwrap_or_default();
-        let translated = translate_code(inner, pointer_notation);
-        if open == "{%" {
-            out.push_str(&translate_statement(&translated));
-        } else {
-            out.push_str(&translated);
-        }
-        rest = tail.get(end..).unwrap_or_default();
+use serde_json::Value;
+
+/// A parsed template.
+#[derive(Debug, Default)]
+pub struct Template {
+    pub nodes: Vec<Node>,
+    /// Names the template reads that it does not define itself: functions called and first parts of paths.
+    pub undeclared: HashSet<String>,
+}
+
+#[derive(Debug)]
+pub enum Node {
+    Text(String),
+    Print { expr: Expr, line: u32 },
+    If { branches: Vec<(Expr, Vec<Node>)>, otherwise: Vec<Node>, line: u32 },
+    For { key: Option<String>, value: String, iterable: Expr, body: Vec<Node>, line: u32 },
+    Set { name: String, expr: Expr, line: u32 },
+}
+
+/// One step down a path: an object key, or an array index when the part is a number.
+#[derive(Debug)]
+pub struct Step {
+    pub key: String,
+    pub index: Option<usize>,
+}
+
+impl Step {
+    /// A path part: an array index too when it is a number (`items.0`).
+    pub fn key(key: &str) -> Self {
+        let index = if key.bytes().all(|b| b.is_ascii_digit()) { key.parse().ok() } else { None };
+        Step { key: key.to_string(), index }
     }
-    out.push_str(rest);
-    out
+
+    pub fn at(index: usize) -> Self {
+        Step { key: index.to_string(), index: Some(index) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopField {
+    Index,
+    Index1,
+    IsFirst,
+    IsLast,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Or,
+    And,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    In,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+    Pow,
+}
+
+#[derive(Debug)]
+pub enum Expr {
+    Literal(Value),
+    Array(Vec<Expr>),
+    Object(Vec<(String, Expr)>),
+    /// A variable and the steps down into it.
+    Path {
+        name: String,
+        steps: Vec<Step>,
+    },
+    Loop(LoopField),
+    /// `function` is the index the resolver gave.
+    Call {
+        function: usize,
+        args: Vec<Expr>,
+    },
+    Attr(Box<Expr>, Vec<Step>),
+    Index(Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+    Neg(Box<Expr>),
+    Binary(BinaryOp, Box<Expr>, Box<Expr>),
+}
+
+/// What the parser needs to know of a function: its index and how many arguments it takes (min, max).
+pub type Resolver<'r> = &'r dyn Fn(&str) -> Option<(usize, usize, usize)>;
+
+/// Parses the template `name` (what errors call it). The error is `syntax error: <what> (in <name>:<line>)`.
+pub fn parse(name: &str, source: &str, pointer_notation: bool, functions: Resolver<'_>) -> Result<Template, String> {
+    parse_source(source, pointer_notation, functions)
+        .map_err(|e| format!("syntax error: {} (in {name}:{})", e.message, e.line))
+}
+
+fn parse_source(source: &str, pointer_notation: bool, functions: Resolver<'_>) -> Result<Template, SyntaxError> {
+    let source = line_statements(source);
+    let mut parser = Parser { source: &source, pointer_notation, functions: Some(functions), ..Default::default() };
+    let (nodes, end) = parser.block()?;
+    match end {
+        None => Ok(Template { nodes, undeclared: parser.undeclared }),
+        Some((keyword, line)) => Err(syntax(&format!("unexpected {{% {keyword} %}}"), line)),
+    }
+}
+
+#[derive(Debug)]
+struct SyntaxError {
+    message: String,
+    line: u32,
+}
+
+fn syntax(message: &str, line: u32) -> SyntaxError {
+    SyntaxError { message: message.to_string(), line }
 }
 
 /// Turns inja's `## statement` lines into `{% statement %}` blocks (without the line's newline).
@@ -70,236 +156,555 @@ fn line_statements(source: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+#[derive(Default)]
+struct Parser<'s, 'r> {
+    source: &'s str,
+    pos: usize,
+    /// A `-}}` / `-%}` asked to drop the whitespace at the start of the next text.
+    trim_next: bool,
+    pointer_notation: bool,
+    functions: Option<Resolver<'r>>,
+    undeclared: HashSet<String>,
+    declared: HashSet<String>,
+    /// The condition of the `else if` that ended the last block.
+    pending_condition: Option<String>,
+}
+
+/// A statement that ends a block: its keyword (`else`, `else if`, `endif`, `endfor`) and line.
+type BlockEnd = Option<(&'static str, u32)>;
+
+impl Parser<'_, '_> {
+    fn line_at(&self, pos: usize) -> u32 {
+        let before = self.source.get(..pos).unwrap_or_default();
+        1 + before.bytes().filter(|&b| b == b'\n').count() as u32
+    }
+
+    /// Parses nodes up to the end of the text or a statement that ends a block, which it returns (its condition,
+    /// for `else if`, is left in `self.pending_condition`).
+    fn block(&mut self) -> Result<(Vec<Node>, BlockEnd), SyntaxError> {
+        let mut nodes = Vec::new();
+        loop {
+            let rest = self.source.get(self.pos..).unwrap_or_default();
+            let Some(open) = find_open(rest) else {
+                self.push_text(&mut nodes, rest, false);
+                self.pos = self.source.len();
+                return Ok((nodes, None));
+            };
+            let tag = rest.get(open..open + 2).unwrap_or_default();
+            let code_start = self.pos + open + 2;
+            let after_open = self.source.get(code_start..).unwrap_or_default();
+            let trim_before = after_open.starts_with('-');
+            self.push_text(&mut nodes, rest.get(..open).unwrap_or_default(), trim_before);
+            let line = self.line_at(self.pos + open);
+            if tag == "{#" {
+                let end = after_open.find("#}").ok_or_else(|| syntax("unclosed comment", line))?;
+                self.trim_next = after_open.get(..end).is_some_and(|c| c.ends_with('-'));
+                self.pos = code_start + end + 2;
+                continue;
+            }
+            let close = if tag == "{{" { "}}" } else { "%}" };
+            let end = find_close(after_open, close)
+                .ok_or_else(|| syntax(&format!("unexpected end of template, expected {close}"), line))?;
+            let code = after_open.get(..end).unwrap_or_default();
+            self.trim_next = code.ends_with('-');
+            let code = code.strip_prefix(['-', '+']).unwrap_or(code);
+            let code = code.strip_suffix(['-', '+']).unwrap_or(code);
+            self.pos = code_start + end + close.len();
+            if tag == "{%" && code.trim() == "raw" {
+                let rest = self.source.get(self.pos..).unwrap_or_default();
+                let (text, length) = raw_block(rest).ok_or_else(|| syntax("`raw` without `endraw`", line))?;
+                if !text.is_empty() {
+                    nodes.push(Node::Text(text.to_string()));
+                }
+                self.pos += length;
+                self.trim_next = false;
+                continue;
+            }
+            if tag == "{{" {
+                let expr = self.expression(code, line)?;
+                nodes.push(Node::Print { expr, line });
+                continue;
+            }
+            if let Some(end) = self.statement(code, line, &mut nodes)? {
+                return Ok((nodes, Some(end)));
+            }
+        }
+    }
+
+    fn push_text(&mut self, nodes: &mut Vec<Node>, text: &str, trim_end: bool) {
+        let text = if std::mem::take(&mut self.trim_next) { text.trim_start() } else { text };
+        let text = if trim_end { text.trim_end() } else { text };
+        if !text.is_empty() {
+            nodes.push(Node::Text(text.to_string()));
+        }
+    }
+
+    /// Parses one statement; statements that end a block are returned instead.
+    fn statement(&mut self, code: &str, line: u32, nodes: &mut Vec<Node>) -> Result<BlockEnd, SyntaxError> {
+        let code = code.trim();
+        let (keyword, rest) = code.split_once(char::is_whitespace).unwrap_or((code, ""));
+        let rest = rest.trim();
+        match keyword {
+            "if" => {
+                let node = self.if_chain(rest, line)?;
+                nodes.push(node);
+                Ok(None)
+            }
+            "for" => {
+                let (vars, iterable) =
+                    rest.split_once(" in ").ok_or_else(|| syntax("expected `for x in ...`", line))?;
+                let mut names = vars.split(',').map(str::trim);
+                let first = names.next().unwrap_or_default();
+                let second = names.next();
+                if names.next().is_some() || !is_name(first) || second.is_some_and(|s| !is_name(s)) {
+                    return Err(syntax(&format!("invalid loop variables `{vars}`"), line));
+                }
+                let iterable = self.expression(iterable, line)?;
+                for name in [Some(first), second].into_iter().flatten() {
+                    self.declared.insert(name.to_string());
+                }
+                let (body, end) = self.block()?;
+                match end {
+                    Some(("endfor", _)) => {}
+                    _ => return Err(syntax("`for` without `endfor`", line)),
+                }
+                let (key, value) = match second {
+                    Some(value) => (Some(first.to_string()), value.to_string()),
+                    None => (None, first.to_string()),
+                };
+                nodes.push(Node::For { key, value, iterable, body, line });
+                Ok(None)
+            }
+            "set" => {
+                let (name, value) = rest.split_once('=').ok_or_else(|| syntax("expected `set name = ...`", line))?;
+                let name = name.trim();
+                if !is_name(name) {
+                    return Err(syntax(&format!("cannot set `{name}`"), line));
+                }
+                let expr = self.expression(value, line)?;
+                self.declared.insert(name.to_string());
+                nodes.push(Node::Set { name: name.to_string(), expr, line });
+                Ok(None)
+            }
+            "else" if rest.starts_with("if ") || rest == "if" => {
+                self.pending_condition = Some(rest.get(2..).unwrap_or_default().to_string());
+                Ok(Some(("else if", line)))
+            }
+            "else" if rest.is_empty() => Ok(Some(("else", line))),
+            "endif" if rest.is_empty() => Ok(Some(("endif", line))),
+            "endfor" if rest.is_empty() => Ok(Some(("endfor", line))),
+            _ => Err(syntax(&format!("unknown statement `{code}`"), line)),
+        }
+    }
+
+    fn if_chain(&mut self, condition: &str, line: u32) -> Result<Node, SyntaxError> {
+        let mut branches = Vec::new();
+        let mut condition = self.expression(condition, line)?;
+        loop {
+            let (body, end) = self.block()?;
+            branches.push((condition, body));
+            match end {
+                Some(("else if", else_line)) => {
+                    let code = self.pending_condition.take().unwrap_or_default();
+                    condition = self.expression(&code, else_line)?;
+                }
+                Some(("else", _)) => {
+                    let (otherwise, end) = self.block()?;
+                    return match end {
+                        Some(("endif", _)) => Ok(Node::If { branches, otherwise, line }),
+                        _ => Err(syntax("`if` without `endif`", line)),
+                    };
+                }
+                Some(("endif", _)) => return Ok(Node::If { branches, otherwise: Vec::new(), line }),
+                _ => return Err(syntax("`if` without `endif`", line)),
+            }
+        }
+    }
+
+    fn expression(&mut self, code: &str, line: u32) -> Result<Expr, SyntaxError> {
+        let tokens = tokenize(code, line)?;
+        let mut parser = ExprParser { tokens, next: 0, line, outer: self };
+        let expr = parser.or()?;
+        match parser.tokens.get(parser.next) {
+            None => Ok(expr),
+            Some(token) => Err(syntax(&format!("unexpected {token} in `{}`", code.trim()), line)),
+        }
+    }
+}
+
+/// The first `{{`, `{%` or `{#`.
 fn find_open(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     (0..bytes.len().saturating_sub(1))
         .find(|&i| bytes.get(i) == Some(&b'{') && matches!(bytes.get(i + 1), Some(b'{') | Some(b'%') | Some(b'#')))
 }
 
-/// The end of a block's code: the closing delimiter outside string literals (or the end of the text, which the
-/// parser then reports).
-fn find_close(code: &str, close: &str) -> usize {
+/// Where a tag's code ends: its closing delimiter outside string literals.
+fn find_close(code: &str, close: &str) -> Option<usize> {
     let bytes = code.as_bytes();
     let mut i = 0;
     let mut quote: Option<u8> = None;
     while let Some(&b) = bytes.get(i) {
         match quote {
-            Some(q) => {
-                if b == b'\\' {
-                    i += 1;
-                } else if b == q {
-                    quote = None;
-                }
-            }
-            None => {
-                if b == b'"' || b == b'\'' {
-                    quote = Some(b);
-                } else if code.get(i..).is_some_and(|t| t.starts_with(close)) {
-                    // `-}}` / `-%}`: the whitespace-control dash belongs to the delimiter.
-                    return if i > 0 && bytes.get(i - 1) == Some(&b'-') { i - 1 } else { i };
-                }
-            }
+            Some(_) if b == b'\\' => i += 1,
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if b == b'"' || b == b'\'' => quote = Some(b),
+            None if code.get(i..).is_some_and(|t| t.starts_with(close)) => return Some(i),
+            None => {}
         }
         i += 1;
     }
-    code.len()
+    None
 }
 
-/// Rewrites identifiers in an expression or statement body, leaving string literals alone.
-fn translate_code(code: &str, pointer: bool) -> String {
-    let mut out = String::with_capacity(code.len() + 8);
-    let chars: Vec<char> = code.chars().collect();
-    let mut i = 0;
-    // A leading whitespace-control character (`{{-`, `{%+`) is not an operator.
-    if let Some(&c) = chars.first() {
-        if c == '-' || c == '+' {
-            out.push(c);
-            i = 1;
+/// The text of a `{% raw %}` block up to its `{% endraw %}`, and the length of both.
+fn raw_block(rest: &str) -> Option<(&str, usize)> {
+    let mut from = 0;
+    loop {
+        let open = from + rest.get(from..)?.find("{%")?;
+        let inner = rest.get(open + 2..)?;
+        let close = inner.find("%}")?;
+        let code = inner.get(..close)?.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        if code == "endraw" {
+            return Some((rest.get(..open)?, open + 2 + close + 2));
         }
+        from = open + 2;
     }
-    let mut previous_significant: Option<char> = None;
-    while let Some(&c) = chars.get(i) {
-        if c == '"' || c == '\'' {
-            let start = i;
-            i += 1;
-            while let Some(&d) = chars.get(i) {
-                i += 1;
-                if d == '\\' {
-                    i += 1;
-                } else if d == c {
-                    break;
-                }
-            }
-            out.extend(chars.get(start..i.min(chars.len())).unwrap_or_default());
-            previous_significant = Some(c);
-            continue;
-        }
-        if c.is_ascii_alphabetic() || c == '_' || c == '@' {
-            let start = i;
-            while let Some(&d) = chars.get(i) {
-                if d.is_ascii_alphanumeric() || d == '_' || d == '.' || d == '/' || d == '-' || d == '@' {
-                    i += 1;
-                } else {
-                    break;
-                }
-            }
-            let mut ident: String = chars.get(start..i).unwrap_or_default().iter().collect();
-            // `a.b-` followed by something that is not part of a name: the dash is the operator.
-            while ident.ends_with(['-', '.', '/']) {
-                ident.pop();
-                i -= 1;
-            }
-            let next = chars.get(i..).unwrap_or_default().iter().find(|c| !c.is_whitespace()).copied();
-            // After `.` (attribute) or `|` (filter) or before `(` (call) names are left alone.
-            let is_call = next == Some('(');
-            let after_dot = previous_significant == Some('.');
-            out.push_str(&translate_identifier(&ident, pointer, is_call || after_dot));
-            previous_significant = ident.chars().last();
-            continue;
-        }
-        if !c.is_whitespace() {
-            previous_significant = Some(c);
-        }
-        out.push(c);
-        i += 1;
-    }
-    out
 }
 
-fn is_plain(name: &str) -> bool {
+fn is_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn translate_identifier(ident: &str, pointer: bool, keep: bool) -> String {
-    if keep {
-        return ident.to_string();
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Name(String),
+    Symbol(&'static str),
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Token::Int(n) => write!(f, "`{n}`"),
+            Token::Float(n) => write!(f, "`{n}`"),
+            Token::Str(s) => write!(f, "string {s:?}"),
+            Token::Name(n) => write!(f, "`{n}`"),
+            Token::Symbol(s) => write!(f, "`{s}`"),
+        }
     }
-    match ident {
-        "null" => return "none".to_string(),
-        "loop.index" => return "loop.index0".to_string(),
-        "loop.index1" => return "loop.index".to_string(),
-        "loop.is_first" => return "loop.first".to_string(),
-        "loop.is_last" => return "loop.last".to_string(),
-        _ => {}
-    }
-    let separator = if pointer { '/' } else { '.' };
-    let parts: Vec<&str> = ident.split(separator).collect();
-    let simple = parts.iter().all(|p| is_plain(p));
-    if simple && !pointer {
-        return ident.to_string();
-    }
-    if simple && parts.len() == 1 {
-        return ident.to_string();
-    }
-    let mut out = String::new();
-    for (index, part) in parts.iter().enumerate() {
-        if index == 0 {
-            if is_plain(part) {
-                out.push_str(part);
-            } else {
-                out.push_str("context()[");
-                out.push_str(&quote(part));
-                out.push(']');
+}
+
+const SYMBOLS: [&str; 21] =
+    ["==", "!=", "<=", ">=", "(", ")", "[", "]", "{", "}", ",", ":", ".", "<", ">", "+", "-", "*", "/", "%", "^"];
+
+fn tokenize(code: &str, line: u32) -> Result<Vec<Token>, SyntaxError> {
+    let mut tokens = Vec::new();
+    let mut rest = code;
+    loop {
+        rest = rest.trim_start();
+        let Some(c) = rest.chars().next() else { return Ok(tokens) };
+        if c.is_ascii_alphabetic() || c == '_' || c == '@' {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '@' | '-' | '.' | '/')))
+                .unwrap_or(rest.len());
+            // `a.b- 1`: a trailing `-`, `.` or `/` is an operator, not part of the name.
+            let name = rest.get(..end).unwrap_or_default().trim_end_matches(['-', '.', '/']);
+            tokens.push(Token::Name(name.to_string()));
+            rest = rest.get(name.len()..).unwrap_or_default();
+        } else if c.is_ascii_digit() {
+            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+            let mut end = end;
+            // An exponent: `1e3`, `2.5E-2`.
+            if let Some(exp) = rest.get(end..).filter(|r| r.starts_with(['e', 'E'])) {
+                let digits = exp.get(1..).unwrap_or_default();
+                let digits = digits.strip_prefix(['+', '-']).unwrap_or(digits);
+                if digits.starts_with(|c: char| c.is_ascii_digit()) {
+                    end =
+                        rest.len() - digits.len() + digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+                }
             }
-        } else if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
-            out.push('[');
-            out.push_str(part);
-            out.push(']');
+            let text = rest.get(..end).unwrap_or_default();
+            let token = match text.parse::<i64>() {
+                Ok(n) => Token::Int(n),
+                Err(_) => Token::Float(text.parse().map_err(|_| syntax(&format!("invalid number `{text}`"), line))?),
+            };
+            tokens.push(token);
+            rest = rest.get(end..).unwrap_or_default();
+        } else if c == '"' || c == '\'' {
+            let (text, len) = string_literal(rest).ok_or_else(|| syntax("unterminated string", line))?;
+            tokens.push(Token::Str(text));
+            rest = rest.get(len..).unwrap_or_default();
+        } else if let Some(symbol) = SYMBOLS.iter().find(|s| rest.starts_with(**s)) {
+            tokens.push(Token::Symbol(symbol));
+            rest = rest.get(symbol.len()..).unwrap_or_default();
         } else {
-            out.push('[');
-            out.push_str(&quote(part));
-            out.push(']');
+            return Err(syntax(&format!("unexpected character `{c}`"), line));
         }
     }
-    out
 }
 
-fn quote(part: &str) -> String {
-    // Identifier characters never include quotes or backslashes.
-    format!("\"{part}\"")
-}
-
-/// Statement-level differences: `else if`, and `for k, v in object`.
-fn translate_statement(code: &str) -> String {
-    let (lead, body) = match code.strip_prefix(['-', '+']) {
-        Some(rest) => (code.get(..1).unwrap_or_default(), rest),
-        None => ("", code),
-    };
-    let trimmed = body.trim_start();
-    let indent = body.get(..body.len() - trimmed.len()).unwrap_or_default();
-    if let Some(rest) = trimmed.strip_prefix("else if ") {
-        return format!("{lead}{indent}elif {rest}");
+/// A quoted string at the start of `code`: its value and its length in the code.
+fn string_literal(code: &str) -> Option<(String, usize)> {
+    let mut chars = code.char_indices();
+    let (_, quote) = chars.next()?;
+    let mut out = String::new();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => {
+                let (_, escaped) = chars.next()?;
+                match escaped {
+                    'n' => out.push('\n'),
+                    't' => out.push('\t'),
+                    'r' => out.push('\r'),
+                    'b' => out.push('\u{8}'),
+                    'f' => out.push('\u{c}'),
+                    'u' => {
+                        let hex: String = chars.by_ref().take(4).map(|(_, c)| c).collect();
+                        out.push(u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32).unwrap_or('\u{fffd}'));
+                    }
+                    other => out.push(other),
+                }
+            }
+            c if c == quote => return Some((out, i + c.len_utf8())),
+            c => out.push(c),
+        }
     }
-    if let Some(rest) = trimmed.strip_prefix("for ") {
-        if let Some((vars, iterable)) = rest.split_once(" in ") {
-            if vars.contains(',') {
-                let iterable_code = iterable.trim_end();
-                let whitespace = iterable.get(iterable_code.len()..).unwrap_or_default();
-                return format!("{lead}{indent}for {vars} in __inja_items({iterable_code}){whitespace}");
+    None
+}
+
+struct ExprParser<'p, 's, 'r> {
+    tokens: Vec<Token>,
+    next: usize,
+    line: u32,
+    outer: &'p mut Parser<'s, 'r>,
+}
+
+impl ExprParser<'_, '_, '_> {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.next)
+    }
+
+    fn eat_symbol(&mut self, symbol: &str) -> bool {
+        let found = matches!(self.peek(), Some(Token::Symbol(s)) if *s == symbol);
+        if found {
+            self.next += 1;
+        }
+        found
+    }
+
+    fn eat_word(&mut self, word: &str) -> bool {
+        let found = matches!(self.peek(), Some(Token::Name(n)) if n == word);
+        if found {
+            self.next += 1;
+        }
+        found
+    }
+
+    fn expect(&mut self, symbol: &str) -> Result<(), SyntaxError> {
+        if self.eat_symbol(symbol) {
+            return Ok(());
+        }
+        let found = self.peek().map_or("the end".to_string(), |t| t.to_string());
+        Err(syntax(&format!("expected `{symbol}`, found {found}"), self.line))
+    }
+
+    fn binary(op: BinaryOp, left: Expr, right: Expr) -> Expr {
+        Expr::Binary(op, Box::new(left), Box::new(right))
+    }
+
+    fn or(&mut self) -> Result<Expr, SyntaxError> {
+        let mut left = self.and()?;
+        while self.eat_word("or") {
+            left = Self::binary(BinaryOp::Or, left, self.and()?);
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Expr, SyntaxError> {
+        let mut left = self.not()?;
+        while self.eat_word("and") {
+            left = Self::binary(BinaryOp::And, left, self.not()?);
+        }
+        Ok(left)
+    }
+
+    fn not(&mut self) -> Result<Expr, SyntaxError> {
+        if self.eat_word("not") {
+            return Ok(Expr::Not(Box::new(self.not()?)));
+        }
+        self.comparison()
+    }
+
+    fn comparison(&mut self) -> Result<Expr, SyntaxError> {
+        let mut left = self.sum()?;
+        loop {
+            let op = match self.peek() {
+                Some(Token::Symbol("==")) => BinaryOp::Eq,
+                Some(Token::Symbol("!=")) => BinaryOp::Ne,
+                Some(Token::Symbol("<")) => BinaryOp::Lt,
+                Some(Token::Symbol("<=")) => BinaryOp::Le,
+                Some(Token::Symbol(">")) => BinaryOp::Gt,
+                Some(Token::Symbol(">=")) => BinaryOp::Ge,
+                Some(Token::Name(n)) if n == "in" => BinaryOp::In,
+                _ => return Ok(left),
+            };
+            self.next += 1;
+            left = Self::binary(op, left, self.sum()?);
+        }
+    }
+
+    fn sum(&mut self) -> Result<Expr, SyntaxError> {
+        let mut left = self.product()?;
+        loop {
+            let op = match self.peek() {
+                Some(Token::Symbol("+")) => BinaryOp::Add,
+                Some(Token::Symbol("-")) => BinaryOp::Sub,
+                _ => return Ok(left),
+            };
+            self.next += 1;
+            left = Self::binary(op, left, self.product()?);
+        }
+    }
+
+    fn product(&mut self) -> Result<Expr, SyntaxError> {
+        let mut left = self.power()?;
+        loop {
+            let op = match self.peek() {
+                Some(Token::Symbol("*")) => BinaryOp::Mul,
+                Some(Token::Symbol("/")) => BinaryOp::Div,
+                Some(Token::Symbol("%")) => BinaryOp::Rem,
+                _ => return Ok(left),
+            };
+            self.next += 1;
+            left = Self::binary(op, left, self.power()?);
+        }
+    }
+
+    fn power(&mut self) -> Result<Expr, SyntaxError> {
+        let base = self.unary()?;
+        if self.eat_symbol("^") {
+            return Ok(Self::binary(BinaryOp::Pow, base, self.power()?));
+        }
+        Ok(base)
+    }
+
+    fn unary(&mut self) -> Result<Expr, SyntaxError> {
+        if self.eat_symbol("-") {
+            return Ok(Expr::Neg(Box::new(self.unary()?)));
+        }
+        self.postfix()
+    }
+
+    fn postfix(&mut self) -> Result<Expr, SyntaxError> {
+        let mut expr = self.primary()?;
+        loop {
+            if self.eat_symbol(".") {
+                let name = match self.tokens.get(self.next) {
+                    Some(Token::Name(n)) => n.clone(),
+                    Some(Token::Int(n)) => n.to_string(),
+                    _ => return Err(syntax("expected a name after `.`", self.line)),
+                };
+                self.next += 1;
+                expr = Expr::Attr(Box::new(expr), name.split('.').filter(|p| !p.is_empty()).map(Step::key).collect());
+            } else if self.eat_symbol("[") {
+                let index = self.or()?;
+                self.expect("]")?;
+                expr = Expr::Index(Box::new(expr), Box::new(index));
+            } else {
+                return Ok(expr);
             }
         }
     }
-    code.to_string()
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_jinja_is_unchanged() {
-        let t = "Hello {{ name }} {% if a.b %}x{% endif %}{# c-d #} {{ header(\"x-a\") }} {{ a | upper }}";
-        assert_eq!(translate(t, false), t);
-        assert_eq!(translate("no tags at all {", false), "no tags at all {");
+    fn list(&mut self, close: &str) -> Result<Vec<Expr>, SyntaxError> {
+        let mut items = Vec::new();
+        if self.eat_symbol(close) {
+            return Ok(items);
+        }
+        loop {
+            items.push(self.or()?);
+            if self.eat_symbol(close) {
+                return Ok(items);
+            }
+            self.expect(",")?;
+        }
     }
 
-    #[test]
-    fn dashed_names_become_context_lookups() {
-        assert_eq!(translate("{{ my-extractor }}", false), "{{ context()[\"my-extractor\"] }}");
-        assert_eq!(translate("{{ a.my-key.0 }}", false), "{{ a[\"my-key\"][0] }}");
-        assert_eq!(translate("{{ items.0.name }}", false), "{{ items[0][\"name\"] }}");
-        // Inside string literals nothing changes.
-        assert_eq!(translate("{{ extraction(\"my-id\") }}", false), "{{ extraction(\"my-id\") }}");
-        assert_eq!(translate("{{ 'a-b' }}", false), "{{ 'a-b' }}");
+    fn primary(&mut self) -> Result<Expr, SyntaxError> {
+        let Some(token) = self.tokens.get(self.next).cloned() else {
+            return Err(syntax("unexpected end of expression", self.line));
+        };
+        self.next += 1;
+        match token {
+            Token::Int(n) => Ok(Expr::Literal(Value::from(n))),
+            Token::Float(n) => Ok(Expr::Literal(Value::from(n))),
+            Token::Str(s) => Ok(Expr::Literal(Value::String(s))),
+            Token::Symbol("(") => {
+                let inner = self.or()?;
+                self.expect(")")?;
+                Ok(inner)
+            }
+            Token::Symbol("[") => Ok(Expr::Array(self.list("]")?)),
+            Token::Symbol("{") => {
+                let mut pairs = Vec::new();
+                if self.eat_symbol("}") {
+                    return Ok(Expr::Object(pairs));
+                }
+                loop {
+                    let Some(Token::Str(key)) = self.tokens.get(self.next).cloned() else {
+                        return Err(syntax("object keys must be strings", self.line));
+                    };
+                    self.next += 1;
+                    self.expect(":")?;
+                    pairs.push((key, self.or()?));
+                    if self.eat_symbol("}") {
+                        return Ok(Expr::Object(pairs));
+                    }
+                    self.expect(",")?;
+                }
+            }
+            Token::Name(name) => self.name(name),
+            Token::Symbol(s) => Err(syntax(&format!("unexpected `{s}`"), self.line)),
+        }
     }
 
-    #[test]
-    fn pointer_notation_paths() {
-        assert_eq!(translate("{{ time/start }}", true), "{{ time[\"start\"] }}");
-        assert_eq!(translate("{{ a/0/b-c }}", true), "{{ a[0][\"b-c\"] }}");
-        assert_eq!(translate("{{ plain }}", true), "{{ plain }}");
-        assert_eq!(translate("{{ a.b }}", true), "{{ context()[\"a.b\"] }}");
-    }
-
-    #[test]
-    fn loop_variables_and_keywords() {
-        assert_eq!(
-            translate("{% for x in xs %}{{ loop.index }}{{ loop.index1 }}{{ loop.is_last }}{% endfor %}", false),
-            "{% for x in xs %}{{ loop.index0 }}{{ loop.index }}{{ loop.last }}{% endfor %}"
-        );
-        assert_eq!(translate("{% if a %}1{% else if b %}2{% endif %}", false), "{% if a %}1{% elif b %}2{% endif %}");
-        assert_eq!(translate("{{ x == null }}", false), "{{ x == none }}");
-        assert_eq!(
-            translate("{% for k, v in obj %}{{ k }}{% endfor %}", false),
-            "{% for k, v in __inja_items(obj) %}{{ k }}{% endfor %}"
-        );
-        assert_eq!(translate("{%- for k, v in a.b -%}", false), "{%- for k, v in __inja_items(a.b) -%}");
-    }
-
-    #[test]
-    fn line_statements_become_blocks() {
-        let t = "start\n## for x in xs\n{{ x }},\n  ## endfor\nend ## not a statement\n";
-        assert_eq!(translate(t, false), "start\n{% for x in xs %}{{ x }},\n{% endfor %}end ## not a statement\n");
-        assert_eq!(translate("## if a.b-c\nyes\n## endif", false), "{% if a[\"b-c\"] %}yes\n{% endif %}");
-    }
-
-    #[test]
-    fn operators_and_whitespace_control() {
-        assert_eq!(translate("{{- a - b -}}", false), "{{- a - b -}}");
-        assert_eq!(translate("{{ a-b }}", false), "{{ context()[\"a-b\"] }}");
-        assert_eq!(translate("{{ x.y- 1 }}", false), "{{ x.y- 1 }}");
-        assert_eq!(translate("{{ \"}}\" }}", false), "{{ \"}}\" }}");
+    fn name(&mut self, name: String) -> Result<Expr, SyntaxError> {
+        match name.as_str() {
+            "true" => return Ok(Expr::Literal(Value::Bool(true))),
+            "false" => return Ok(Expr::Literal(Value::Bool(false))),
+            "null" => return Ok(Expr::Literal(Value::Null)),
+            "loop.index" => return Ok(Expr::Loop(LoopField::Index)),
+            "loop.index1" => return Ok(Expr::Loop(LoopField::Index1)),
+            "loop.is_first" => return Ok(Expr::Loop(LoopField::IsFirst)),
+            "loop.is_last" => return Ok(Expr::Loop(LoopField::IsLast)),
+            _ => {}
+        }
+        if self.eat_symbol("(") {
+            let resolve = self.outer.functions.ok_or_else(|| syntax("no functions", self.line))?;
+            let (function, min, max) =
+                resolve(&name).ok_or_else(|| syntax(&format!("unknown function `{name}`"), self.line))?;
+            let args = self.list(")")?;
+            if args.len() < min || args.len() > max {
+                let takes = if min == max { min.to_string() } else { format!("{min} to {max}") };
+                let message = format!("`{name}`: wrong number of arguments ({} given, takes {takes})", args.len());
+                return Err(syntax(&message, self.line));
+            }
+            self.outer.undeclared.insert(name);
+            return Ok(Expr::Call { function, args });
+        }
+        let separator = if self.outer.pointer_notation { '/' } else { '.' };
+        let mut parts = name.split(separator).filter(|p| !p.is_empty());
+        let root = parts.next().unwrap_or_default().to_string();
+        let steps = parts.map(Step::key).collect();
+        if !self.outer.declared.contains(&root) {
+            self.outer.undeclared.insert(root.clone());
+        }
+        Ok(Expr::Path { name: root, steps })
     }
 }

@@ -1,21 +1,21 @@
-//! Templates: Gloo's inja templates, translated (`inja.rs`) and run by minijinja, with Gloo's functions.
+//! Templates: Gloo's inja templates, parsed by `inja.rs` when the configuration is applied and rendered here,
+//! with inja's built-in functions and Gloo's (`header`, `body`, `extraction`, ...).
 //!
-//! Templates are parsed once, when the configuration is applied. Rendering reads the message being transformed
-//! through a per-thread [`RenderData`] that [`Templates::render`] callers install with [`RenderScope`] (Gloo does
-//! the same with thread-local storage): the functions (`header`, `body`, `extraction`, ...) look there.
+//! Values are JSON values, as in inja. Rendering borrows the message's JSON context and the templates' literals
+//! instead of copying them: a body template usually reads a few fields of a large body.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use base64::Engine as _;
-use minijinja::value::{Enumerator, Object, ObjectRepr, Rest, ValueKind};
-use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
+use serde_json::{Map, Value};
 
-use crate::inja;
+use crate::inja::{self, BinaryOp, Expr, LoopField, Node, Step};
 
-/// What the functions of one render see.
+/// What one render reads: the message being transformed.
 #[derive(Debug, Default)]
 pub struct RenderData {
     /// The headers of the message being transformed, as they are at this point of the transformation.
@@ -24,7 +24,8 @@ pub struct RenderData {
     pub request_headers: Option<Rc<Vec<(String, String)>>>,
     pub body: String,
     pub extractions: HashMap<String, String>,
-    /// The JSON context: the parsed body (with extractions merged, unless `advanced_templates`).
+    /// The JSON context: the parsed body (with extractions merged, unless `advanced_templates`). Names that are
+    /// not set in the template are its fields; anything but an object has none.
     pub context: Value,
     pub env: Rc<HashMap<String, String>>,
     pub data_sources: Rc<BTreeMap<String, String>>,
@@ -32,280 +33,698 @@ pub struct RenderData {
     pub randoms: RefCell<HashMap<String, String>>,
 }
 
-thread_local! {
-    static CURRENT: RefCell<Option<RenderData>> = const { RefCell::new(None) };
-}
-
-/// Installs render data for the current thread; removes it when dropped.
-pub struct RenderScope;
-
-impl RenderScope {
-    pub fn new(data: RenderData) -> Self {
-        CURRENT.with(|current| {
-            if let Ok(mut slot) = current.try_borrow_mut() {
-                *slot = Some(data);
-            }
-        });
-        RenderScope
-    }
-
-    /// Changes the installed data between renders (e.g. the headers after each header template).
-    pub fn update(&self, f: impl FnOnce(&mut RenderData)) {
-        CURRENT.with(|current| {
-            if let Ok(mut slot) = current.try_borrow_mut() {
-                if let Some(data) = slot.as_mut() {
-                    f(data);
-                }
-            }
-        });
-    }
-}
-
-impl Drop for RenderScope {
-    fn drop(&mut self) {
-        CURRENT.with(|current| {
-            if let Ok(mut slot) = current.try_borrow_mut() {
-                *slot = None;
-            }
-        });
-    }
-}
-
-fn with_data<R>(f: impl FnOnce(&RenderData) -> R) -> Option<R> {
-    CURRENT.with(|current| current.try_borrow().ok().and_then(|slot| slot.as_ref().map(f)))
-}
-
-/// The templates of one transformation, in one minijinja environment.
+/// The templates of one transformation, parsed.
+#[derive(Debug)]
 pub struct Templates {
-    env: Environment<'static>,
-    /// Templates without tags (`"text": "application/json"`): their text is their output, without the engine.
-    literals: HashMap<String, String>,
-}
-
-impl std::fmt::Debug for Templates {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Templates").finish_non_exhaustive()
-    }
+    /// Gloo's `escape_characters`: printed strings are JSON-escaped.
+    escape: bool,
+    parsed: HashMap<String, inja::Template>,
 }
 
 impl Templates {
-    /// `escape_characters`: rendered strings are JSON-escaped (Gloo's `escape_characters`).
     pub fn new(escape_characters: bool) -> Self {
-        let mut env = Environment::empty();
-        // inja: a missing variable is an error, and a template's last newline is kept.
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_keep_trailing_newline(true);
-        env.set_formatter(move |out, _state, value| {
-            let text = format_value(value, escape_characters)?;
-            out.write_str(&text).map_err(|_| Error::new(ErrorKind::WriteFailure, "write failed"))
-        });
-        register_functions(&mut env);
-        Templates { env, literals: HashMap::new() }
+        Templates { escape: escape_characters, parsed: HashMap::new() }
     }
 
     /// Parses a template under `name` (what errors call it). The error is the parser's message.
     pub fn add(&mut self, name: &str, source: &str, pointer_notation: bool) -> Result<(), String> {
-        // No `{{ }}`, `{% %}`, `{# #}` and no `##` line statement: nothing for the engine to do.
-        if !source.contains('{') && !source.contains("##") {
-            self.literals.insert(name.to_string(), source.to_string());
-            return Ok(());
-        }
-        let translated = inja::translate(source, pointer_notation);
-        self.env.add_template_owned(name.to_string(), translated).map_err(|e| describe(&e))
+        let template = inja::parse(name, source, pointer_notation, &resolve)?;
+        self.parsed.insert(name.to_string(), template);
+        Ok(())
     }
 
-    /// Renders the template `name` with `context` (a map; anything else renders with an empty context, as in Gloo).
-    pub fn render(&self, name: &str, context: &Value) -> Result<String, String> {
-        if let Some(text) = self.literals.get(name) {
+    /// Renders the template `name` over `data`. The error names the template and line.
+    pub fn render(&self, name: &str, data: &RenderData) -> Result<String, String> {
+        let template = self.parsed.get(name).ok_or_else(|| format!("no template {name}"))?;
+        // Templates without tags are their text.
+        if let [Node::Text(text)] = template.nodes.as_slice() {
             return Ok(text.clone());
         }
-        let template = self.env.get_template(name).map_err(|e| describe(&e))?;
-        let empty = Value::from(BTreeMap::<String, Value>::new());
-        let context = if context.kind() == ValueKind::Map { context } else { &empty };
-        template.render(context).map_err(|e| describe(&e))
+        let mut renderer = Renderer { data, escape: self.escape, locals: Vec::new(), loops: Vec::new() };
+        let mut out = String::new();
+        renderer.nodes(&template.nodes, &mut out).map_err(|(e, line)| format!("{} (in {name}:{line})", e.message))?;
+        Ok(out)
     }
 
     /// Names a template reads that it does not define itself (functions included).
     pub fn undeclared_variables(&self, name: &str) -> HashSet<String> {
-        self.env.get_template(name).map(|t| t.undeclared_variables(false)).unwrap_or_default()
+        self.parsed.get(name).map(|t| t.undeclared.clone()).unwrap_or_default()
     }
 }
 
-/// An error with its template name and line, without minijinja's multi-line debug output.
-fn describe(error: &Error) -> String {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    message
+/// A render error; `undefined` when a name or path was not found (which `default` catches).
+#[derive(Debug)]
+struct Error {
+    undefined: bool,
+    message: String,
 }
 
-/// How a value prints: strings as they are (JSON-escaped with `escape_characters`), everything else as JSON
-/// (inja prints objects, arrays, numbers, booleans and null that way).
-fn format_value(value: &Value, escape: bool) -> Result<String, Error> {
-    match value.kind() {
-        ValueKind::Undefined => Err(Error::new(ErrorKind::UndefinedError, "variable not found")),
-        ValueKind::String => {
-            let text = value.as_str().unwrap_or_default();
-            Ok(if escape { json_escape(text) } else { text.to_string() })
+fn invalid(message: impl Into<String>) -> Error {
+    Error { undefined: false, message: message.into() }
+}
+
+fn undefined(what: &str) -> Error {
+    Error { undefined: true, message: format!("{what} is undefined") }
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+struct Renderer<'a> {
+    data: &'a RenderData,
+    escape: bool,
+    /// `set` and loop variables, innermost last.
+    locals: Vec<(&'a str, Cow<'a, Value>)>,
+    /// The enclosing loops: (index, length), innermost last.
+    loops: Vec<(usize, usize)>,
+}
+
+impl<'a> Renderer<'a> {
+    fn nodes(&mut self, nodes: &'a [Node], out: &mut String) -> Result<(), (Error, u32)> {
+        for node in nodes {
+            match node {
+                Node::Text(text) => out.push_str(text),
+                Node::Print { expr, line } => {
+                    let value = self.eval(expr).map_err(|e| (e, *line))?;
+                    print(out, &value, self.escape);
+                }
+                Node::If { branches, otherwise, line } => {
+                    let mut chosen: &'a [Node] = otherwise;
+                    for (condition, body) in branches {
+                        if truthy(&*self.eval(condition).map_err(|e| (e, *line))?) {
+                            chosen = body;
+                            break;
+                        }
+                    }
+                    self.nodes(chosen, out)?;
+                }
+                Node::For { key, value, iterable, body, line } => {
+                    let iterable = self.eval(iterable).map_err(|e| (e, *line))?;
+                    let items = loop_items(iterable, key.is_some()).map_err(|e| (e, *line))?;
+                    let length = items.len();
+                    for (index, (item_key, item)) in items.into_iter().enumerate() {
+                        let mark = self.locals.len();
+                        if let (Some(name), Some(item_key)) = (key, item_key) {
+                            self.locals.push((name, item_key));
+                        }
+                        self.locals.push((value, item));
+                        self.loops.push((index, length));
+                        let result = self.nodes(body, out);
+                        self.loops.pop();
+                        self.locals.truncate(mark);
+                        result?;
+                    }
+                }
+                Node::Set { name, expr, line } => {
+                    let value = self.eval(expr).map_err(|e| (e, *line))?;
+                    match self.locals.iter_mut().rev().find(|(n, _)| n == name) {
+                        Some(slot) => slot.1 = value,
+                        None => self.locals.push((name, value)),
+                    }
+                }
+            }
         }
-        ValueKind::None => Ok("null".to_string()),
-        _ => serde_json::to_string(value).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string())),
+        Ok(())
+    }
+
+    fn eval(&self, expr: &'a Expr) -> Result<Cow<'a, Value>> {
+        match expr {
+            Expr::Literal(value) => Ok(Cow::Borrowed(value)),
+            Expr::Path { name, steps } => self.variable(name, steps),
+            Expr::Loop(field) => {
+                let &(index, length) = self.loops.last().ok_or_else(|| undefined("loop (outside a for loop)"))?;
+                Ok(Cow::Owned(match field {
+                    LoopField::Index => Value::from(index),
+                    LoopField::Index1 => Value::from(index + 1),
+                    LoopField::IsFirst => Value::Bool(index == 0),
+                    LoopField::IsLast => Value::Bool(index + 1 == length),
+                }))
+            }
+            Expr::Call { function, args } => {
+                if *function == DEFAULT {
+                    let [value, fallback] = args.as_slice() else { return Err(invalid("default: two arguments")) };
+                    return match self.eval(value) {
+                        Err(e) if e.undefined => self.eval(fallback),
+                        other => other,
+                    };
+                }
+                let (_, _, _, f) = FUNCTIONS.get(*function).ok_or_else(|| invalid("unknown function"))?;
+                let args = args.iter().map(|a| self.eval(a)).collect::<Result<Vec<_>>>()?;
+                f(self, args)
+            }
+            Expr::Attr(target, steps) => {
+                let target = self.eval(target)?;
+                descend(target, steps).ok_or_else(|| undefined(&describe_steps("value", steps)))
+            }
+            Expr::Index(target, index) => {
+                let target = self.eval(target)?;
+                let index = self.eval(index)?;
+                let step = match (&*target, &*index) {
+                    (Value::Object(_), Value::String(key)) => Some(Step::key(key)),
+                    (Value::Array(items), Value::Number(n)) => n
+                        .as_i64()
+                        .and_then(|i| {
+                            // Negative indexes count from the end.
+                            let i = if i < 0 { i.checked_add(i64::try_from(items.len()).ok()?)? } else { i };
+                            usize::try_from(i).ok()
+                        })
+                        .map(Step::at),
+                    _ => None,
+                };
+                let found = step.and_then(|s| descend(target, std::slice::from_ref(&s)));
+                found.ok_or_else(|| undefined(&format!("element {index}")))
+            }
+            Expr::Not(inner) => Ok(Cow::Owned(Value::Bool(!truthy(&*self.eval(inner)?)))),
+            Expr::Neg(inner) => {
+                let value = self.eval(inner)?;
+                match number(&value) {
+                    Some(Number::Int(i)) => {
+                        Ok(Cow::Owned(i.checked_neg().map_or(Value::from(-(i as f64)), Value::from)))
+                    }
+                    Some(Number::Float(f)) => Ok(Cow::Owned(Value::from(-f))),
+                    None => Err(invalid(format!("cannot negate {}", kind(&value)))),
+                }
+            }
+            Expr::Array(items) => {
+                let items = items.iter().map(|e| self.eval(e).map(Cow::into_owned)).collect::<Result<Vec<_>>>()?;
+                Ok(Cow::Owned(Value::Array(items)))
+            }
+            Expr::Object(pairs) => {
+                let mut map = Map::new();
+                for (key, value) in pairs {
+                    map.insert(key.clone(), self.eval(value)?.into_owned());
+                }
+                Ok(Cow::Owned(Value::Object(map)))
+            }
+            Expr::Binary(op, left, right) => self.binary(*op, left, right),
+        }
+    }
+
+    /// A `set` or loop variable, else a field of the JSON context; then down `steps`.
+    fn variable(&self, name: &'a str, steps: &'a [Step]) -> Result<Cow<'a, Value>> {
+        let found = match self.locals.iter().rev().find(|(n, _)| *n == name) {
+            Some((_, Cow::Borrowed(value))) => walk(value, steps).map(Cow::Borrowed),
+            Some((_, Cow::Owned(value))) => walk(value, steps).map(|v| Cow::Owned(v.clone())),
+            None => {
+                let data: &'a RenderData = self.data;
+                data.context.as_object().and_then(|map| map.get(name)).and_then(|v| walk(v, steps)).map(Cow::Borrowed)
+            }
+        };
+        found.ok_or_else(|| undefined(&describe_steps(name, steps)))
+    }
+
+    fn binary(&self, op: BinaryOp, left: &'a Expr, right: &'a Expr) -> Result<Cow<'a, Value>> {
+        let left = self.eval(left)?;
+        let value = match op {
+            BinaryOp::Or => Value::Bool(truthy(&left) || truthy(&*self.eval(right)?)),
+            BinaryOp::And => Value::Bool(truthy(&left) && truthy(&*self.eval(right)?)),
+            _ => {
+                let right = self.eval(right)?;
+                match op {
+                    BinaryOp::Eq => Value::Bool(equal(&left, &right)),
+                    BinaryOp::Ne => Value::Bool(!equal(&left, &right)),
+                    BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
+                        let ordering = compare(&left, &right)
+                            .ok_or_else(|| invalid(format!("cannot compare {} with {}", kind(&left), kind(&right))))?;
+                        Value::Bool(match op {
+                            BinaryOp::Lt => ordering.is_lt(),
+                            BinaryOp::Le => ordering.is_le(),
+                            BinaryOp::Gt => ordering.is_gt(),
+                            _ => ordering.is_ge(),
+                        })
+                    }
+                    BinaryOp::In => Value::Bool(contains(&right, &left)?),
+                    _ => arithmetic(op, &left, &right)?,
+                }
+            }
+        };
+        Ok(Cow::Owned(value))
+    }
+}
+
+/// The items a `for` loop runs over: (key or index when the loop names two variables, value). A loop with one
+/// variable over an object runs over its keys.
+#[allow(clippy::type_complexity)]
+fn loop_items(iterable: Cow<'_, Value>, pairs: bool) -> Result<Vec<(Option<Cow<'_, Value>>, Cow<'_, Value>)>> {
+    let key = |k: &str| Cow::Owned(Value::String(k.to_string()));
+    let index = |i: usize| pairs.then(|| Cow::Owned(Value::from(i)));
+    Ok(match iterable {
+        Cow::Borrowed(Value::Array(items)) => {
+            items.iter().enumerate().map(|(i, v)| (index(i), Cow::Borrowed(v))).collect()
+        }
+        Cow::Owned(Value::Array(items)) => {
+            items.into_iter().enumerate().map(|(i, v)| (index(i), Cow::Owned(v))).collect()
+        }
+        Cow::Borrowed(Value::Object(map)) if pairs => {
+            map.iter().map(|(k, v)| (Some(key(k)), Cow::Borrowed(v))).collect()
+        }
+        Cow::Owned(Value::Object(map)) if pairs => {
+            map.into_iter().map(|(k, v)| (Some(Cow::Owned(Value::String(k))), Cow::Owned(v))).collect()
+        }
+        Cow::Borrowed(Value::Object(map)) => map.keys().map(|k| (None, key(k))).collect(),
+        Cow::Owned(Value::Object(map)) => map.into_iter().map(|(k, _)| (None, Cow::Owned(Value::String(k)))).collect(),
+        other => return Err(invalid(format!("cannot loop over {}", kind(&other)))),
+    })
+}
+
+fn walk<'v>(mut node: &'v Value, steps: &[Step]) -> Option<&'v Value> {
+    for step in steps {
+        node = match node {
+            Value::Object(map) => map.get(&step.key)?,
+            Value::Array(items) => items.get(step.index?)?,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+/// `walk` on a value that may be owned (then the part found is copied out).
+fn descend<'v>(value: Cow<'v, Value>, steps: &[Step]) -> Option<Cow<'v, Value>> {
+    match value {
+        Cow::Borrowed(v) => walk(v, steps).map(Cow::Borrowed),
+        Cow::Owned(v) => walk(&v, steps).map(|found| Cow::Owned(found.clone())),
+    }
+}
+
+fn describe_steps(name: &str, steps: &[Step]) -> String {
+    let mut path = name.to_string();
+    for step in steps {
+        path.push('.');
+        path.push_str(&step.key);
+    }
+    format!("`{path}`")
+}
+
+/// How a value prints: strings as they are (JSON-escaped with `escape_characters`), everything else as JSON.
+fn print(out: &mut String, value: &Value, escape: bool) {
+    match value {
+        Value::String(text) if escape => out.push_str(&json_escape(text)),
+        Value::String(text) => out.push_str(text),
+        other => out.push_str(&other.to_string()),
     }
 }
 
 /// A string's JSON escape without the quotes.
 pub fn json_escape(text: &str) -> String {
-    let quoted = serde_json::Value::String(text.to_string()).to_string();
+    let quoted = Value::from(text).to_string();
     quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default().to_string()
 }
 
-/// Converts JSON into a template value.
-pub fn to_value(json: &serde_json::Value) -> Value {
-    match json {
-        serde_json::Value::Null => Value::from(()),
-        serde_json::Value::Bool(b) => Value::from(*b),
-        serde_json::Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Value::from(i)
-            } else if let Some(u) = n.as_u64() {
-                Value::from(u)
-            } else {
-                Value::from(n.as_f64().unwrap_or_default())
-            }
-        }
-        serde_json::Value::String(s) => Value::from(s.as_str()),
-        serde_json::Value::Array(items) => items.iter().map(to_value).collect(),
-        serde_json::Value::Object(map) => map.iter().map(|(k, v)| (k.as_str(), to_value(v))).collect(),
+/// A value as text: strings as they are, everything else as JSON.
+fn text_of(value: &Value) -> Cow<'_, str> {
+    match value {
+        Value::String(text) => Cow::Borrowed(text),
+        other => Cow::Owned(other.to_string()),
     }
 }
 
-/// The JSON context as a template value without copying it: objects and arrays are views into the parsed document
-/// that convert only what a template reads (a body template usually reads a few fields of a large body, and a full
-/// conversion cost about as much as the parse itself).
-pub fn json_context(json: Arc<serde_json::Value>) -> Value {
-    JsonView { root: json, path: Vec::new() }.into_value()
-}
-
-/// One object or array inside a parsed JSON document: the document and the way down to it.
-#[derive(Debug)]
-struct JsonView {
-    root: Arc<serde_json::Value>,
-    path: Vec<Step>,
-}
-
-#[derive(Debug, Clone)]
-enum Step {
-    Key(String),
-    Index(usize),
-}
-
-impl JsonView {
-    fn node(&self) -> &serde_json::Value {
-        self.path
-            .iter()
-            .try_fold(&*self.root, |node, step| match step {
-                Step::Key(key) => node.get(key.as_str()),
-                Step::Index(index) => node.get(*index),
-            })
-            .unwrap_or(&serde_json::Value::Null)
+fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(map) => !map.is_empty(),
     }
+}
 
-    /// Scalars become template values at once; objects and arrays stay views.
-    fn into_value(self) -> Value {
-        match self.node() {
-            serde_json::Value::Object(_) | serde_json::Value::Array(_) => Value::from_object(self),
-            scalar => to_value(scalar),
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+impl Number {
+    fn float(self) -> f64 {
+        match self {
+            Number::Int(i) => i as f64,
+            Number::Float(f) => f,
         }
     }
+}
 
-    fn child(&self, step: Step) -> Value {
-        let mut path = self.path.clone();
-        path.push(step);
-        JsonView { root: Arc::clone(&self.root), path }.into_value()
+fn number(value: &Value) -> Option<Number> {
+    let Value::Number(n) = value else { return None };
+    Some(match n.as_i64() {
+        Some(i) => Number::Int(i),
+        None => Number::Float(n.as_f64()?),
+    })
+}
+
+/// Equality with numbers compared by value (`1 == 1.0`).
+fn equal(left: &Value, right: &Value) -> bool {
+    match (number(left), number(right)) {
+        (Some(Number::Int(a)), Some(Number::Int(b))) => a == b,
+        (Some(a), Some(b)) => a.float() == b.float(),
+        _ => left == right,
     }
 }
 
-impl Object for JsonView {
-    fn repr(self: &Arc<Self>) -> ObjectRepr {
-        match self.node() {
-            serde_json::Value::Array(_) => ObjectRepr::Seq,
-            _ => ObjectRepr::Map,
-        }
+/// Order between numbers, or between strings, or between booleans; other pairs have none.
+fn compare(left: &Value, right: &Value) -> Option<Ordering> {
+    match (left, right) {
+        (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
+        (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
+        _ => match (number(left)?, number(right)?) {
+            (Number::Int(a), Number::Int(b)) => Some(a.cmp(&b)),
+            (a, b) => a.float().partial_cmp(&b.float()),
+        },
     }
+}
 
-    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        match self.node() {
-            serde_json::Value::Object(map) => {
-                let key = key.as_str()?;
-                map.contains_key(key).then(|| self.child(Step::Key(key.to_string())))
-            }
-            serde_json::Value::Array(items) => {
-                let index = key.as_usize().filter(|i| *i < items.len())?;
-                Some(self.child(Step::Index(index)))
-            }
+/// A total order for `sort`, `max` and `min`: by kind (null, booleans, numbers, strings, arrays, objects), then
+/// by value within the kinds that have one.
+fn sort_order(left: &Value, right: &Value) -> Ordering {
+    let rank = |v: &Value| match v {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Number(_) => 2,
+        Value::String(_) => 3,
+        Value::Array(_) => 4,
+        Value::Object(_) => 5,
+    };
+    rank(left).cmp(&rank(right)).then_with(|| compare(left, right).unwrap_or(Ordering::Equal))
+}
+
+/// `needle in haystack`: an element of an array, a key of an object, a substring of a string.
+fn contains(haystack: &Value, needle: &Value) -> Result<bool> {
+    match haystack {
+        Value::Array(items) => Ok(items.iter().any(|item| equal(item, needle))),
+        Value::Object(map) => Ok(needle.as_str().is_some_and(|key| map.contains_key(key))),
+        Value::String(text) => Ok(text.contains(&*text_of(needle))),
+        other => Err(invalid(format!("`in` needs an array, an object or a string, not {}", kind(other)))),
+    }
+}
+
+fn arithmetic(op: BinaryOp, left: &Value, right: &Value) -> Result<Value> {
+    match (op, left, right) {
+        (BinaryOp::Add, Value::String(a), Value::String(b)) => return Ok(Value::String(format!("{a}{b}"))),
+        (BinaryOp::Add, Value::Array(a), Value::Array(b)) => {
+            return Ok(Value::Array(a.iter().chain(b).cloned().collect()));
+        }
+        _ => {}
+    }
+    let (Some(a), Some(b)) = (number(left), number(right)) else {
+        return Err(invalid(format!("cannot compute with {} and {}", kind(left), kind(right))));
+    };
+    if let (Number::Int(x), Number::Int(y)) = (a, b) {
+        let exact = match op {
+            BinaryOp::Add => x.checked_add(y),
+            BinaryOp::Sub => x.checked_sub(y),
+            BinaryOp::Mul => x.checked_mul(y),
+            BinaryOp::Rem if y == 0 => return Err(invalid("modulo by zero")),
+            BinaryOp::Rem => x.checked_rem(y),
+            BinaryOp::Pow => u32::try_from(y).ok().and_then(|e| x.checked_pow(e)),
             _ => None,
+        };
+        if let Some(n) = exact {
+            return Ok(Value::from(n));
         }
     }
+    let (x, y) = (a.float(), b.float());
+    let result = match op {
+        BinaryOp::Add => x + y,
+        BinaryOp::Sub => x - y,
+        BinaryOp::Mul => x * y,
+        BinaryOp::Div if y == 0.0 => return Err(invalid("division by zero")),
+        BinaryOp::Div => x / y,
+        BinaryOp::Rem => return Err(invalid("modulo needs integers")),
+        _ => x.powf(y),
+    };
+    // JSON has no NaN or infinity.
+    Ok(Value::from(result))
+}
 
-    fn enumerate(self: &Arc<Self>) -> Enumerator {
-        match self.node() {
-            serde_json::Value::Object(map) => Enumerator::Values(map.keys().map(|k| Value::from(k.as_str())).collect()),
-            serde_json::Value::Array(items) => Enumerator::Seq(items.len()),
-            _ => Enumerator::Empty,
+/// A function: the renderer (for the message) and the evaluated arguments, whose count the parser checked.
+type Function = for<'a> fn(&Renderer<'a>, Vec<Cow<'a, Value>>) -> Result<Cow<'a, Value>>;
+
+/// `default(value, fallback)` is evaluated lazily by the renderer (its first argument may be undefined).
+const DEFAULT: usize = 0;
+
+/// Every function templates can call: name, fewest and most arguments, implementation.
+static FUNCTIONS: &[(&str, usize, usize, Function)] = &[
+    ("default", 2, 2, |_, _| Err(invalid("default"))),
+    // ---- Gloo's functions ----------------------------------------------------------------------------------
+    ("header", 1, 1, |r, a| text(first_header(&r.data.headers, &str_at(&a, 0)))),
+    ("request_header", 1, 1, |r, a| {
+        let headers = r.data.request_headers.as_deref().unwrap_or(&r.data.headers);
+        text(first_header(headers, &str_at(&a, 0)))
+    }),
+    ("extraction", 1, 1, |r, a| text(r.data.extractions.get(&*str_at(&a, 0)).cloned().unwrap_or_default())),
+    ("body", 0, 0, |r, _| text(r.data.body.clone())),
+    ("context", 0, 0, |r, _| {
+        let data: &RenderData = r.data;
+        Ok(Cow::Borrowed(&data.context))
+    }),
+    ("env", 1, 1, |r, a| text(r.data.env.get(&*str_at(&a, 0)).cloned().unwrap_or_default())),
+    ("data_source", 1, 1, |r, a| {
+        let name = str_at(&a, 0);
+        let value = r.data.data_sources.get(&*name).ok_or_else(|| invalid(format!("no data source {name:?}")))?;
+        text(value.clone())
+    }),
+    ("trim", 1, 1, |_, a| text(str_at(&a, 0).trim())),
+    ("base64_encode", 1, 1, |_, a| text(base64::engine::general_purpose::STANDARD.encode(&*str_at(&a, 0)))),
+    ("base64url_encode", 1, 1, |_, a| text(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&*str_at(&a, 0)))),
+    ("base64_decode", 1, 1, |_, a| {
+        let decoded = base64::engine::general_purpose::STANDARD.decode(&*str_at(&a, 0)).unwrap_or_default();
+        text(String::from_utf8_lossy(&decoded))
+    }),
+    ("base64url_decode", 1, 1, |_, a| {
+        let input = str_at(&a, 0);
+        let decoded =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(input.trim_end_matches('=')).unwrap_or_default();
+        text(String::from_utf8_lossy(&decoded))
+    }),
+    ("substring", 2, 3, |_, a| {
+        let input = str_at(&a, 0);
+        let Some(start) = integer(arg(&a, 1)) else { return text("") };
+        let length = match a.get(2) {
+            None => None,
+            Some(n) => match integer(n) {
+                Some(n) => Some(n),
+                None => return text(""),
+            },
+        };
+        text(substring(&input, start, length))
+    }),
+    ("replace_with_random", 2, 2, |r, a| {
+        let (input, pattern) = (str_at(&a, 0), str_at(&a, 1));
+        if pattern.is_empty() {
+            return text(input);
         }
+        let mut randoms = r.data.randoms.borrow_mut();
+        let token = randoms.entry(pattern.to_string()).or_insert_with(random_token);
+        text(input.replace(&*pattern, token))
+    }),
+    ("raw_string", 1, 1, |_, a| {
+        let value = arg(&a, 0);
+        text(match value {
+            Value::String(s) => json_escape(s),
+            other => other.to_string(),
+        })
+    }),
+    ("word_count", 1, 1, |_, a| Ok(Cow::Owned(Value::from(word_count(arg(&a, 0)))))),
+    // ---- inja's built-in functions ---------------------------------------------------------------------------
+    ("upper", 1, 1, |_, a| text(str_at(&a, 0).to_uppercase())),
+    ("lower", 1, 1, |_, a| text(str_at(&a, 0).to_lowercase())),
+    ("capitalize", 1, 1, |_, a| {
+        let lower = str_at(&a, 0).to_lowercase();
+        let mut chars = lower.chars();
+        text(chars.next().map(|c| c.to_uppercase().chain(chars).collect::<String>()).unwrap_or_default())
+    }),
+    ("replace", 3, 3, |_, a| text(str_at(&a, 0).replace(&*str_at(&a, 1), &str_at(&a, 2)))),
+    ("exists", 1, 1, |r, a| {
+        let path = str_at(&a, 0);
+        let mut parts = path.split(['.', '/']).filter(|p| !p.is_empty());
+        let name = parts.next().unwrap_or_default();
+        let steps: Vec<Step> = parts.map(Step::key).collect();
+        boolean(!name.is_empty() && r.variable_owned(name, &steps).is_some())
+    }),
+    ("existsIn", 2, 2, |_, a| boolean(arg(&a, 0).as_object().is_some_and(|m| m.contains_key(&*str_at(&a, 1))))),
+    ("at", 2, 2, |_, mut a| {
+        let key = a.pop().unwrap_or(Cow::Owned(Value::Null));
+        let target = a.pop().unwrap_or(Cow::Owned(Value::Null));
+        let step = match (&*target, &*key) {
+            (Value::Array(_), Value::Number(n)) => n.as_u64().and_then(|i| usize::try_from(i).ok()).map(Step::at),
+            (Value::Object(_), Value::String(k)) => Some(Step::key(k)),
+            _ => None,
+        };
+        step.and_then(|s| descend(target, std::slice::from_ref(&s))).ok_or_else(|| invalid(format!("no element {key}")))
+    }),
+    ("length", 1, 1, |_, a| {
+        let n = match arg(&a, 0) {
+            Value::String(s) => s.chars().count(),
+            Value::Array(items) => items.len(),
+            Value::Object(map) => map.len(),
+            other => return Err(invalid(format!("length of {}", kind(other)))),
+        };
+        Ok(Cow::Owned(Value::from(n)))
+    }),
+    ("first", 1, 1, |_, a| end_item(a, true)),
+    ("last", 1, 1, |_, a| end_item(a, false)),
+    ("join", 2, 2, |_, a| {
+        let items = array(arg(&a, 0), "join")?;
+        text(items.iter().map(text_of).collect::<Vec<_>>().join(&str_at(&a, 1)))
+    }),
+    ("round", 1, 2, |_, a| {
+        let n = number(arg(&a, 0)).ok_or_else(|| invalid("round of a non-number"))?.float();
+        let precision = match a.get(1) {
+            Some(p) => i32::try_from(integer(p).ok_or_else(|| invalid("round: precision must be an integer"))?)
+                .map_err(|_| invalid("round: precision"))?,
+            None => 0,
+        };
+        let factor = 10f64.powi(precision);
+        let rounded = (n * factor).round() / factor;
+        Ok(Cow::Owned(if precision <= 0 { Value::from(rounded as i64) } else { Value::from(rounded) }))
+    }),
+    ("int", 1, 1, |_, a| {
+        let n = match arg(&a, 0) {
+            Value::String(s) => {
+                let t = s.trim();
+                t.parse::<i64>()
+                    .or_else(|_| t.parse::<f64>().map(|f| f as i64))
+                    .map_err(|_| invalid(format!("int of {t:?}")))?
+            }
+            other => number(other).map(|n| n.float() as i64).ok_or_else(|| invalid("int of a non-number"))?,
+        };
+        Ok(Cow::Owned(Value::from(n)))
+    }),
+    ("float", 1, 1, |_, a| {
+        let n = match arg(&a, 0) {
+            Value::String(s) => s.trim().parse::<f64>().map_err(|_| invalid(format!("float of {s:?}")))?,
+            other => number(other).map(Number::float).ok_or_else(|| invalid("float of a non-number"))?,
+        };
+        Ok(Cow::Owned(Value::from(n)))
+    }),
+    ("range", 1, 1, |_, a| {
+        let n = integer(arg(&a, 0)).ok_or_else(|| invalid("range of a non-integer"))?;
+        if n > 100_000 {
+            return Err(invalid("range too large"));
+        }
+        Ok(Cow::Owned(Value::Array((0..n.max(0)).map(Value::from).collect())))
+    }),
+    ("sort", 1, 1, |_, a| {
+        let mut items = array(arg(&a, 0), "sort")?.clone();
+        items.sort_by(sort_order);
+        Ok(Cow::Owned(Value::Array(items)))
+    }),
+    ("max", 1, 1, |_, a| extreme(a, Ordering::Greater)),
+    ("min", 1, 1, |_, a| extreme(a, Ordering::Less)),
+    ("isString", 1, 1, |_, a| boolean(arg(&a, 0).is_string())),
+    ("isNumber", 1, 1, |_, a| boolean(arg(&a, 0).is_number())),
+    ("isInteger", 1, 1, |_, a| boolean(arg(&a, 0).is_i64() || arg(&a, 0).is_u64())),
+    ("isFloat", 1, 1, |_, a| boolean(arg(&a, 0).is_f64())),
+    ("isBoolean", 1, 1, |_, a| boolean(arg(&a, 0).is_boolean())),
+    ("isObject", 1, 1, |_, a| boolean(arg(&a, 0).is_object())),
+    ("isArray", 1, 1, |_, a| boolean(arg(&a, 0).is_array())),
+    ("even", 1, 1, |_, a| boolean(int_at(&a, 0)? % 2 == 0)),
+    ("odd", 1, 1, |_, a| boolean(int_at(&a, 0)? % 2 != 0)),
+    ("divisibleBy", 2, 2, |_, a| {
+        let (value, by) = (int_at(&a, 0)?, int_at(&a, 1)?);
+        boolean(by != 0 && value % by == 0)
+    }),
+];
+
+/// The parser's view of `FUNCTIONS`: index and argument counts.
+fn resolve(name: &str) -> Option<(usize, usize, usize)> {
+    FUNCTIONS
+        .iter()
+        .position(|(n, ..)| *n == name)
+        .and_then(|i| FUNCTIONS.get(i).map(|(_, min, max, _)| (i, *min, *max)))
+}
+
+/// Whether templates can call `name` (a name that is not a function comes from the JSON context).
+pub fn is_function(name: &str) -> bool {
+    FUNCTIONS.iter().any(|(n, ..)| *n == name)
+}
+
+impl<'a> Renderer<'a> {
+    /// `variable` for a path built at render time (`exists("a.b")`).
+    fn variable_owned(&self, name: &str, steps: &[Step]) -> Option<Value> {
+        let root = match self.locals.iter().rev().find(|(n, _)| *n == name) {
+            Some((_, local)) => Some(&**local),
+            None => self.data.context.as_object().and_then(|map| map.get(name)),
+        };
+        root.and_then(|v| walk(v, steps)).cloned()
     }
 }
 
-/// Converts a template value into JSON (undefined reads as null).
-pub fn to_json(value: &Value) -> serde_json::Value {
-    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+fn arg<'v>(args: &'v [Cow<'_, Value>], index: usize) -> &'v Value {
+    args.get(index).map_or(&Value::Null, |v| &**v)
+}
+
+fn str_at<'v>(args: &'v [Cow<'_, Value>], index: usize) -> Cow<'v, str> {
+    text_of(arg(args, index))
+}
+
+fn integer(value: &Value) -> Option<i64> {
+    value.as_i64()
+}
+
+fn int_at(args: &[Cow<'_, Value>], index: usize) -> Result<i64> {
+    integer(arg(args, index)).ok_or_else(|| invalid("expected an integer"))
+}
+
+fn text<'a>(value: impl Into<String>) -> Result<Cow<'a, Value>> {
+    Ok(Cow::Owned(Value::String(value.into())))
+}
+
+fn boolean<'a>(value: bool) -> Result<Cow<'a, Value>> {
+    Ok(Cow::Owned(Value::Bool(value)))
+}
+
+fn array<'v>(value: &'v Value, function: &str) -> Result<&'v Vec<Value>> {
+    value.as_array().ok_or_else(|| invalid(format!("{function} of {}", kind(value))))
+}
+
+/// `first` / `last` of an array (borrowed when the array is) or of a string.
+fn end_item(mut args: Vec<Cow<'_, Value>>, first: bool) -> Result<Cow<'_, Value>> {
+    let value = args.pop().unwrap_or(Cow::Owned(Value::Null));
+    let empty = || invalid(if first { "first of an empty list" } else { "last of an empty list" });
+    if let Value::String(s) = &*value {
+        let c = if first { s.chars().next() } else { s.chars().next_back() };
+        return c.map(|c| Cow::Owned(Value::String(c.to_string()))).ok_or_else(empty);
+    }
+    let length = array(&value, if first { "first" } else { "last" })?.len();
+    let index = if first { 0 } else { length.checked_sub(1).ok_or_else(empty)? };
+    descend(value, &[Step::at(index)]).ok_or_else(empty)
+}
+
+fn extreme(mut args: Vec<Cow<'_, Value>>, wanted: Ordering) -> Result<Cow<'_, Value>> {
+    let value = args.pop().unwrap_or(Cow::Owned(Value::Null));
+    let items = array(&value, "max/min")?;
+    let best =
+        items.iter().enumerate().reduce(|best, item| if sort_order(item.1, best.1) == wanted { item } else { best });
+    match best {
+        Some((index, _)) => descend(value, &[Step::at(index)]).ok_or_else(|| invalid("max/min")),
+        None => Ok(Cow::Owned(Value::Null)),
+    }
 }
 
 fn first_header(headers: &[(String, String)], name: &str) -> String {
     headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).unwrap_or_default()
 }
 
-fn invalid(message: impl Into<String>) -> Error {
-    Error::new(ErrorKind::InvalidOperation, message.into())
-}
-
-fn string_arg(value: &Value) -> Result<String, Error> {
-    match value.kind() {
-        ValueKind::String => Ok(value.as_str().unwrap_or_default().to_string()),
-        ValueKind::Undefined => Err(Error::new(ErrorKind::UndefinedError, "variable not found")),
-        _ => format_value(value, false),
-    }
-}
-
-fn number(value: &Value) -> Option<f64> {
-    match value.kind() {
-        ValueKind::Number => to_json(value).as_f64(),
-        _ => None,
-    }
-}
-
-fn is_integer(value: &Value) -> bool {
-    value.kind() == ValueKind::Number && {
-        let json = to_json(value);
-        json.is_i64() || json.is_u64()
-    }
-}
-
 /// Gloo's `word_count`: words of strings, keys and values of objects, elements of arrays; numbers and booleans
 /// count one.
-pub fn word_count(value: &serde_json::Value) -> u64 {
+pub fn word_count(value: &Value) -> u64 {
     match value {
-        serde_json::Value::String(s) => s.split_whitespace().count() as u64,
-        serde_json::Value::Array(items) => items.iter().map(word_count).sum(),
-        serde_json::Value::Object(map) => {
-            map.iter().map(|(k, v)| k.split_whitespace().count() as u64 + word_count(v)).sum()
-        }
-        serde_json::Value::Number(_) | serde_json::Value::Bool(_) => 1,
-        serde_json::Value::Null => 0,
+        Value::String(s) => s.split_whitespace().count() as u64,
+        Value::Array(items) => items.iter().map(word_count).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| k.split_whitespace().count() as u64 + word_count(v)).sum(),
+        Value::Number(_) | Value::Bool(_) => 1,
+        Value::Null => 0,
     }
 }
 
@@ -344,253 +763,6 @@ fn random_token() -> String {
     base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
 }
 
-fn lookup_path(state: &State, path: &str) -> Value {
-    let mut parts = path.split(['.', '/']).filter(|p| !p.is_empty());
-    let Some(first) = parts.next() else { return Value::UNDEFINED };
-    let mut current = match state.lookup(first) {
-        Some(v) => v,
-        None => with_data(|d| d.context.get_attr(first).unwrap_or(Value::UNDEFINED)).unwrap_or(Value::UNDEFINED),
-    };
-    for part in parts {
-        current = match part.parse::<usize>() {
-            Ok(index) if current.kind() == ValueKind::Seq => {
-                current.get_item_by_index(index).unwrap_or(Value::UNDEFINED)
-            }
-            _ => current.get_attr(part).unwrap_or(Value::UNDEFINED),
-        };
-        if current.is_undefined() {
-            break;
-        }
-    }
-    current
-}
-
-/// Every function has this one shape: minijinja instantiates its argument glue once, not once per signature
-/// (which kept the .wasm hundreds of KiB larger).
-type Function = fn(&State, &[Value]) -> Result<Value, Error>;
-
-fn register(env: &mut Environment<'static>, name: &'static str, (min, max): (usize, usize), f: Function) {
-    env.add_function(name, move |state: &State, args: Rest<Value>| {
-        if args.len() < min || args.len() > max {
-            return Err(Error::new(ErrorKind::InvalidOperation, format!("{name}: wrong number of arguments")));
-        }
-        f(state, &args)
-    });
-}
-
-fn arg(args: &[Value], index: usize) -> Value {
-    args.get(index).cloned().unwrap_or(Value::UNDEFINED)
-}
-
-fn str_at(args: &[Value], index: usize) -> Result<String, Error> {
-    string_arg(&arg(args, index))
-}
-
-fn int_at(args: &[Value], index: usize) -> Result<i64, Error> {
-    let value = arg(args, index);
-    value.as_i64().filter(|_| is_integer(&value)).ok_or_else(|| invalid("expected an integer"))
-}
-
-fn text(value: impl Into<String>) -> Result<Value, Error> {
-    Ok(Value::from(value.into()))
-}
-
-fn register_functions(env: &mut Environment<'static>) {
-    // ---- Gloo's functions --------------------------------------------------------------------------------
-    register(env, "header", (1, 1), |_, a| {
-        let name = str_at(a, 0)?;
-        text(with_data(|d| first_header(&d.headers, &name)).unwrap_or_default())
-    });
-    register(env, "request_header", (1, 1), |_, a| {
-        let name = str_at(a, 0)?;
-        text(with_data(|d| first_header(d.request_headers.as_deref().unwrap_or(&d.headers), &name)).unwrap_or_default())
-    });
-    register(env, "extraction", (1, 1), |_, a| {
-        let name = str_at(a, 0)?;
-        text(with_data(|d| d.extractions.get(&name).cloned()).flatten().unwrap_or_default())
-    });
-    register(env, "body", (0, 0), |_, _| text(with_data(|d| d.body.clone()).unwrap_or_default()));
-    register(env, "context", (0, 0), |_, _| Ok(with_data(|d| d.context.clone()).unwrap_or_default()));
-    register(env, "env", (1, 1), |_, a| {
-        let name = str_at(a, 0)?;
-        text(with_data(|d| d.env.get(&name).cloned()).flatten().unwrap_or_default())
-    });
-    register(env, "data_source", (1, 1), |_, a| {
-        let name = str_at(a, 0)?;
-        let value = with_data(|d| d.data_sources.get(&name).cloned()).flatten();
-        value.map(Value::from).ok_or_else(|| invalid(format!("no data source {name:?}")))
-    });
-    register(env, "trim", (1, 1), |_, a| text(str_at(a, 0)?.trim()));
-    register(env, "base64_encode", (1, 1), |_, a| {
-        text(base64::engine::general_purpose::STANDARD.encode(str_at(a, 0)?))
-    });
-    register(env, "base64url_encode", (1, 1), |_, a| {
-        text(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(str_at(a, 0)?))
-    });
-    register(env, "base64_decode", (1, 1), |_, a| {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(str_at(a, 0)?).unwrap_or_default();
-        text(String::from_utf8_lossy(&decoded))
-    });
-    register(env, "base64url_decode", (1, 1), |_, a| {
-        let input = str_at(a, 0)?;
-        let decoded =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(input.trim_end_matches('=')).unwrap_or_default();
-        text(String::from_utf8_lossy(&decoded))
-    });
-    register(env, "substring", (2, 3), |_, a| {
-        let input = str_at(a, 0)?;
-        let Ok(start) = int_at(a, 1) else { return text("") };
-        let length = match a.get(2) {
-            None => None,
-            Some(_) => match int_at(a, 2) {
-                Ok(n) => Some(n),
-                Err(_) => return text(""),
-            },
-        };
-        text(substring(&input, start, length))
-    });
-    register(env, "replace_with_random", (2, 2), |_, a| {
-        let input = str_at(a, 0)?;
-        let pattern = str_at(a, 1)?;
-        if pattern.is_empty() {
-            return text(input);
-        }
-        let token = with_data(|d| {
-            let mut randoms = d.randoms.borrow_mut();
-            randoms.entry(pattern.clone()).or_insert_with(random_token).clone()
-        })
-        .unwrap_or_else(random_token);
-        text(input.replace(&pattern, &token))
-    });
-    register(env, "raw_string", (1, 1), |_, a| {
-        let v = arg(a, 0);
-        match v.kind() {
-            ValueKind::String => text(json_escape(v.as_str().unwrap_or_default())),
-            _ => text(format_value(&v, false)?),
-        }
-    });
-    register(env, "word_count", (1, 1), |_, a| Ok(Value::from(word_count(&to_json(&arg(a, 0))))));
-
-    // ---- inja's built-in functions ---------------------------------------------------------------------------
-    register(env, "upper", (1, 1), |_, a| text(str_at(a, 0)?.to_uppercase()));
-    register(env, "lower", (1, 1), |_, a| text(str_at(a, 0)?.to_lowercase()));
-    register(env, "capitalize", (1, 1), |_, a| {
-        let lower = str_at(a, 0)?.to_lowercase();
-        let mut chars = lower.chars();
-        text(chars.next().map(|c| c.to_uppercase().chain(chars).collect::<String>()).unwrap_or_default())
-    });
-    register(env, "replace", (3, 3), |_, a| text(str_at(a, 0)?.replace(&str_at(a, 1)?, &str_at(a, 2)?)));
-    register(env, "default", (2, 2), |_, a| {
-        let v = arg(a, 0);
-        Ok(if v.is_undefined() { arg(a, 1) } else { v })
-    });
-    register(env, "exists", (1, 1), |state, a| Ok(Value::from(!lookup_path(state, &str_at(a, 0)?).is_undefined())));
-    register(env, "existsIn", (2, 2), |_, a| {
-        let (object, key) = (arg(a, 0), str_at(a, 1)?);
-        Ok(Value::from(object.kind() == ValueKind::Map && object.get_attr(&key).is_ok_and(|v| !v.is_undefined())))
-    });
-    register(env, "at", (2, 2), |_, a| {
-        let (object, key) = (arg(a, 0), arg(a, 1));
-        let item = match (object.kind(), key.as_i64()) {
-            (ValueKind::Seq, Some(i)) => object.get_item_by_index(usize::try_from(i).map_err(|_| invalid("index"))?)?,
-            _ => object.get_item(&key)?,
-        };
-        if item.is_undefined() {
-            Err(invalid(format!("no element {key}")))
-        } else {
-            Ok(item)
-        }
-    });
-    register(env, "length", (1, 1), |_, a| {
-        let v = arg(a, 0);
-        let n = match v.kind() {
-            ValueKind::String => v.as_str().unwrap_or_default().chars().count(),
-            _ => v.len().ok_or_else(|| invalid("length of a value that has none"))?,
-        };
-        Ok(Value::from(n))
-    });
-    register(env, "first", (1, 1), |_, a| {
-        arg(a, 0).try_iter()?.next().ok_or_else(|| invalid("first of an empty list"))
-    });
-    register(env, "last", (1, 1), |_, a| arg(a, 0).try_iter()?.last().ok_or_else(|| invalid("last of an empty list")));
-    register(env, "join", (2, 2), |_, a| {
-        let items: Result<Vec<String>, Error> = arg(a, 0).try_iter()?.map(|item| string_arg(&item)).collect();
-        text(items?.join(&str_at(a, 1)?))
-    });
-    register(env, "round", (1, 2), |_, a| {
-        let n = number(&arg(a, 0)).ok_or_else(|| invalid("round of a non-number"))?;
-        let precision = if a.len() > 1 { i32::try_from(int_at(a, 1)?).map_err(|_| invalid("precision"))? } else { 0 };
-        let factor = 10f64.powi(precision);
-        let rounded = (n * factor).round() / factor;
-        Ok(if precision <= 0 { Value::from(rounded as i64) } else { Value::from(rounded) })
-    });
-    register(env, "int", (1, 1), |_, a| {
-        let v = arg(a, 0);
-        let n = match v.kind() {
-            ValueKind::String => {
-                let t = v.as_str().unwrap_or_default().trim();
-                t.parse::<i64>()
-                    .or_else(|_| t.parse::<f64>().map(|f| f as i64))
-                    .map_err(|_| invalid(format!("int of {t:?}")))?
-            }
-            _ => number(&v).map(|f| f as i64).ok_or_else(|| invalid("int of a non-number"))?,
-        };
-        Ok(Value::from(n))
-    });
-    register(env, "float", (1, 1), |_, a| {
-        let v = arg(a, 0);
-        let n = match v.kind() {
-            ValueKind::String => {
-                let t = v.as_str().unwrap_or_default().trim();
-                t.parse::<f64>().map_err(|_| invalid(format!("float of {t:?}")))?
-            }
-            _ => number(&v).ok_or_else(|| invalid("float of a non-number"))?,
-        };
-        Ok(Value::from(n))
-    });
-    register(env, "range", (1, 1), |_, a| {
-        let n = int_at(a, 0)?;
-        if n > 100_000 {
-            return Err(invalid("range too large"));
-        }
-        Ok((0..n.max(0)).map(Value::from).collect())
-    });
-    register(env, "sort", (1, 1), |_, a| {
-        let mut items: Vec<Value> = arg(a, 0).try_iter()?.collect();
-        items.sort();
-        Ok(Value::from(items))
-    });
-    register(env, "max", (1, 1), |_, a| Ok(arg(a, 0).try_iter()?.max().unwrap_or_default()));
-    register(env, "min", (1, 1), |_, a| Ok(arg(a, 0).try_iter()?.min().unwrap_or_default()));
-    register(env, "isString", (1, 1), |_, a| Ok(Value::from(arg(a, 0).kind() == ValueKind::String)));
-    register(env, "isNumber", (1, 1), |_, a| Ok(Value::from(arg(a, 0).kind() == ValueKind::Number)));
-    register(env, "isInteger", (1, 1), |_, a| Ok(Value::from(is_integer(&arg(a, 0)))));
-    register(env, "isFloat", (1, 1), |_, a| {
-        let v = arg(a, 0);
-        Ok(Value::from(v.kind() == ValueKind::Number && !is_integer(&v)))
-    });
-    register(env, "isBoolean", (1, 1), |_, a| Ok(Value::from(arg(a, 0).kind() == ValueKind::Bool)));
-    register(env, "isObject", (1, 1), |_, a| Ok(Value::from(arg(a, 0).kind() == ValueKind::Map)));
-    register(env, "isArray", (1, 1), |_, a| Ok(Value::from(arg(a, 0).kind() == ValueKind::Seq)));
-    register(env, "even", (1, 1), |_, a| Ok(Value::from(int_at(a, 0)? % 2 == 0)));
-    register(env, "odd", (1, 1), |_, a| Ok(Value::from(int_at(a, 0)? % 2 != 0)));
-    register(env, "divisibleBy", (2, 2), |_, a| {
-        let (v, by) = (int_at(a, 0)?, int_at(a, 1)?);
-        Ok(Value::from(by != 0 && v % by == 0))
-    });
-    // `{% for k, v in object %}` (see inja.rs): key/value pairs of a map, or the items of anything else.
-    register(env, "__inja_items", (1, 1), |_, a| {
-        let v = arg(a, 0);
-        if v.kind() == ValueKind::Map {
-            let pairs: Result<Vec<Value>, Error> =
-                v.try_iter()?.map(|key| Ok(Value::from(vec![key.clone(), v.get_item(&key)?]))).collect();
-            Ok(Value::from(pairs?))
-        } else {
-            Ok(v)
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,7 +779,7 @@ mod tests {
             headers,
             body: "{\"name\": \"Ann\"}".to_string(),
             extractions: [("id".to_string(), "42".to_string())].into_iter().collect(),
-            context: json_context(Arc::new(json!({"name": "Ann", "items": [3, 1, 2], "obj": {"k": "v"}, "n": 2.5}))),
+            context: json!({"name": "Ann", "items": [3, 1, 2], "obj": {"k": "v"}, "n": 2.5}),
             env: Rc::new([("HOME_TEST".to_string(), "/home".to_string())].into_iter().collect()),
             data_sources: Rc::new([("greeting".to_string(), "hello".to_string())].into_iter().collect()),
             randoms: RefCell::default(),
@@ -617,11 +789,7 @@ mod tests {
     fn render_with(source: &str, escape: bool, pointer: bool) -> Result<String, String> {
         let mut templates = Templates::new(escape);
         templates.add("t", source, pointer)?;
-        let scope = RenderScope::new(data());
-        let context = with_data(|d| d.context.clone()).unwrap_or_default();
-        let result = templates.render("t", &context);
-        drop(scope);
-        result
+        templates.render("t", &data())
     }
 
     fn render(source: &str) -> String {
@@ -743,7 +911,7 @@ mod tests {
         for source in ["application/json", "", "a } b\n", "100%"] {
             let mut templates = Templates::new(true);
             templates.add("t", source, false).unwrap();
-            assert_eq!(templates.render("t", &Value::UNDEFINED).unwrap(), source);
+            assert_eq!(templates.render("t", &RenderData::default()).unwrap(), source);
             assert!(templates.undeclared_variables("t").is_empty());
         }
         // A brace or a line statement still goes to the engine.
@@ -752,22 +920,111 @@ mod tests {
     }
 
     #[test]
-    fn json_views_render_as_copied_values() {
+    fn json_paths_and_loops() {
         let json = json!({"a": {"b": [1, {"c": "x"}, null]}, "list": [{"k": 2}, {"k": 1}], "s": "t", "e": {}, "z": []});
-        let sources = [
-            "{{ a }}|{{ a.b }}|{{ a.b.1.c }}|{{ a.b[-1] }}|{{ list.0.k }}|{{ s }}|{{ e }}|{{ z }}",
-            "{% for x in a.b %}{{ loop.index }}{{ x }};{% endfor %}{% for k in a %}{{ k }}{% endfor %}",
-            "{% for k, v in list.1 %}{{ k }}={{ v }}{% endfor %}|{{ length(list) }}|{{ length(a) }}",
-            "{{ exists(\"a.b\") }}{{ exists(\"a.q\") }}|{{ at(a.b, 1) }}|{{ isObject(a) }}{{ isArray(a.b) }}",
-            "{% if e %}full{% else %}empty{% endif %}{% if a %}!{% endif %}|{{ a.b.1.c == \"x\" }}{{ list.0.k > 1 }}",
+        let cases = [
+            (
+                "{{ a }}|{{ a.b }}|{{ a.b.1.c }}|{{ a.b[-1] }}|{{ list.0.k }}|{{ s }}|{{ e }}|{{ z }}",
+                r#"{"b":[1,{"c":"x"},null]}|[1,{"c":"x"},null]|x|null|2|t|{}|[]"#,
+            ),
+            (
+                "{% for x in a.b %}{{ loop.index }}{{ x }};{% endfor %}{% for k in a %}{{ k }}{% endfor %}",
+                r#"01;1{"c":"x"};2null;b"#,
+            ),
+            ("{% for k, v in list.1 %}{{ k }}={{ v }}{% endfor %}|{{ length(list) }}|{{ length(a) }}", "k=1|2|1"),
+            (
+                "{{ exists(\"a.b\") }}{{ exists(\"a.q\") }}|{{ at(a.b, 1) }}|{{ isObject(a) }}{{ isArray(a.b) }}",
+                r#"truefalse|{"c":"x"}|truetrue"#,
+            ),
+            (
+                "{% if e %}full{% else %}empty{% endif %}{% if a %}!{% endif %}|{{ a.b.1.c == \"x\" }}{{ list.0.k > 1 }}",
+                "empty!|truetrue",
+            ),
+            ("{{ context().a.b.1.c }}|{{ context()[\"s\"] }}|{{ a[\"b\"][0] }}", "x|t|1"),
         ];
-        for source in sources {
+        for (source, expected) in cases {
             let mut templates = Templates::new(false);
             templates.add("t", source, false).unwrap();
-            let viewed = templates.render("t", &json_context(Arc::new(json.clone()))).unwrap();
-            assert_eq!(Ok(viewed), templates.render("t", &to_value(&json)), "{source}");
+            let data = RenderData { context: json.clone(), ..RenderData::default() };
+            assert_eq!(templates.render("t", &data).unwrap(), expected, "{source}");
         }
-        assert_eq!(to_json(&json_context(Arc::new(json.clone()))), json);
+    }
+
+    #[test]
+    fn operators_follow_inja() {
+        assert_eq!(
+            render("{{ 1 + 2 * 3 }}|{{ (1 + 2) * 3 }}|{{ 7 % 3 }}|{{ 2 ^ 3 }}|{{ 7 / 2 }}|{{ 1.5 + 1 }}"),
+            "7|9|1|8|3.5|2.5"
+        );
+        assert_eq!(
+            render("{{ -n }}|{{ 10 - 2 - 3 }}|{{ \"a\" + name }}|{{ n * 2 == 5 }}|{{ 1 == 1.0 }}"),
+            "-2.5|5|aAnn|true|true"
+        );
+        assert_eq!(render("{{ not true or true }}|{{ not (true or true) }}|{{ 1 < 2 and 2 <= 2 }}"), "true|false|true");
+        assert_eq!(
+            render("{{ 3 in items }}|{{ 4 in items }}|{{ \"k\" in obj }}|{{ \"xx\" in name }}"),
+            "true|false|true|false"
+        );
+        assert_eq!(render("{{ [1, \"a\", null] }}|{{ {\"k\": [n]} }}"), r#"[1,"a",null]|{"k":[2.5]}"#);
+        assert!(render_with("{{ 1 / 0 }}", false, false).unwrap_err().contains("division by zero"));
+        assert!(render_with("{{ name - 1 }}", false, false).unwrap_err().contains("cannot compute"));
+        assert!(render_with("{{ name < 1 }}", false, false).unwrap_err().contains("cannot compare"));
+    }
+
+    #[test]
+    fn statements_comments_and_whitespace_control() {
+        assert_eq!(render("a {#- gone -#} b|{{- \" x \" -}} |{% if true -%}  y  {%- endif %}"), "ab| x |y");
+        assert_eq!(
+            render(
+                "{% for x in items %}{% for y in range(2) %}{{ loop.index }}{% endfor %}{{ loop.index1 }};{% endfor %}"
+            ),
+            "011;012;013;"
+        );
+        assert_eq!(
+            render("{% set total = 0 %}{% for x in items %}{% set total = total + x %}{% endfor %}{{ total }}"),
+            "6"
+        );
+        assert_eq!(render("{% if false %}1{% else if false %}2{% else if true %}3{% else %}4{% endif %}"), "3");
+        assert_eq!(render("{% raw %}{{ not parsed }}{% if %}{%- endraw %}|{{ name }}"), "{{ not parsed }}{% if %}|Ann");
+        assert_eq!(render("{{ default(missing.deep.path, \"d\") }}|{{ default(obj.k, 1) }}"), "d|v");
+        assert!(render_with("{{ loop.index1 }}", false, false).unwrap_err().contains("outside a for loop"));
+        for bad in
+            ["{% if true %}x", "{% for x in items %}x{% endif %}", "{% endfor %}", "{% set 1 = 2 %}", "{% while %}"]
+        {
+            let err = render_with(bad, false, false).unwrap_err();
+            assert!(err.starts_with("syntax error: ") && err.contains("(in t:1)"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn inja_names_strings_and_line_statements() {
+        let context =
+            json!({"my-extractor": "v", "a": {"my-key": ["z"]}, "x": {"y": 3}, "time": {"start": 5}, "a.b": 1});
+        let cases = [
+            ("{{ my-extractor }}|{{ a.my-key.0 }}|{{ x.y- 1 }}|{{ x.y -1 }}", false, "v|z|2|2"),
+            ("{{ \"}}\" }}|{{ 'a-b' }}|{{ \"q\\\"\\u00e9\" }}", false, "}}|a-b|q\"\u{e9}"),
+            ("{{ time/start }}|{{ a.b }}", true, "5|1"),
+            (
+                "start\n## for x in a.my-key\n{{ x }},\n  ## endfor\nend ## not a statement\n",
+                false,
+                "start\nz,\nend ## not a statement\n",
+            ),
+        ];
+        for (source, pointer, expected) in cases {
+            let mut templates = Templates::new(false);
+            templates.add("t", source, pointer).unwrap();
+            let data = RenderData { context: context.clone(), ..RenderData::default() };
+            assert_eq!(templates.render("t", &data).unwrap(), expected, "{source}");
+        }
+        // Without spaces `x.y-1` is one name, which the context does not have.
+        let mut templates = Templates::new(false);
+        templates.add("t", "{{ x.y-1 }}", false).unwrap();
+        let data = RenderData { context: context.clone(), ..RenderData::default() };
+        assert!(templates.render("t", &data).unwrap_err().contains("`x.y-1` is undefined"));
+        let mut templates = Templates::new(false);
+        templates.add("t", "{{ my-extractor }}{{ a.b }}{% for i in x %}{{ i }}{% endfor %}", false).unwrap();
+        let names = templates.undeclared_variables("t");
+        assert_eq!(names, ["my-extractor", "a", "x"].into_iter().map(String::from).collect(), "{names:?}");
     }
 
     #[test]
@@ -776,9 +1033,5 @@ mod tests {
         assert_eq!(word_count(&json!({"a b": ["c", 1, true, null]})), 5);
         assert_eq!(substring("héllo", 1, Some(2)), "é");
         assert_eq!(json_escape("a\"\\\u{1}"), "a\\\"\\\\\\u0001");
-        assert_eq!(
-            to_json(&to_value(&json!({"a": [1, 2.5, "x", null, false]}))),
-            json!({"a": [1, 2.5, "x", null, false]})
-        );
     }
 }

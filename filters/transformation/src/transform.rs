@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use shared::request::{is_safe_header_value, query_param, split_path};
@@ -12,7 +11,7 @@ use shared::ConfigError;
 
 use crate::body::set_dotted;
 use crate::extractor::{Extractor, Source};
-use crate::template::{json_context, RenderData, RenderScope, Templates};
+use crate::template::{is_function, RenderData, Templates};
 
 /// Which part of a transformation to run. Envoy's Wasm ABI cannot change headers once the body is being read
 /// (a paused headers callback withholds the body), so a transformation that needs the body runs twice: its header
@@ -155,55 +154,6 @@ pub struct TemplateTransformation {
     headers_need_body: bool,
 }
 
-/// Names templates may use that never come from the body.
-const FUNCTIONS: &[&str] = &[
-    "header",
-    "request_header",
-    "extraction",
-    "env",
-    "data_source",
-    "trim",
-    "base64_encode",
-    "base64url_encode",
-    "base64_decode",
-    "base64url_decode",
-    "substring",
-    "replace_with_random",
-    "raw_string",
-    "word_count",
-    "upper",
-    "lower",
-    "capitalize",
-    "replace",
-    "default",
-    "exists",
-    "existsIn",
-    "at",
-    "length",
-    "first",
-    "last",
-    "join",
-    "round",
-    "int",
-    "float",
-    "range",
-    "sort",
-    "max",
-    "min",
-    "isString",
-    "isNumber",
-    "isInteger",
-    "isFloat",
-    "isBoolean",
-    "isObject",
-    "isArray",
-    "even",
-    "odd",
-    "divisibleBy",
-    "__inja_items",
-    "loop",
-];
-
 impl TemplateTransformation {
     /// Parses every template. Errors name the template by its JSON path (relative to the template object).
     pub fn build(spec: TemplateSpec, env: Rc<HashMap<String, String>>) -> Result<Self, ConfigError> {
@@ -288,7 +238,7 @@ impl TemplateTransformation {
                 if name == "extraction" && !body_extractors.is_empty() {
                     return true;
                 }
-                let from_json = !FUNCTIONS.contains(&name.as_str()) && !extractor_roots.contains(name.as_str());
+                let from_json = !is_function(&name) && !extractor_roots.contains(name.as_str());
                 if from_json && self.spec.parse_json {
                     return true;
                 }
@@ -331,31 +281,28 @@ impl TemplateTransformation {
             }
             extractions.insert(name.clone(), value);
         }
-        let json = Arc::new(json);
-        let context = json_context(Arc::clone(&json));
         // The render data owns the headers: each header template changes them in place, so that the next one sees
         // them as Gloo's would (no copy per template).
-        let scope = RenderScope::new(RenderData {
+        let mut data = RenderData {
             headers: message.headers,
             request_headers: message.request_headers,
             body: body_text,
             extractions,
-            context: context.clone(),
+            context: json,
             env: self.env.clone(),
             data_sources: self.data_sources.clone(),
             randoms: Default::default(),
-        });
-        let render = |id: &str| self.templates.render(id, &context);
+        };
 
         // The body first (headers see the original body), as Gloo does; it replaces the old one at the end.
         let body = match &spec.body {
             _ if part == Part::HeadersOnly => None,
-            BodySpec::Template(_) => Some(render("body")?.into_bytes()),
-            BodySpec::MergeExtractorsToBody => Some(json.to_string().into_bytes()),
+            BodySpec::Template(_) => Some(self.templates.render("body", &data)?.into_bytes()),
+            BodySpec::MergeExtractorsToBody => Some(data.context.to_string().into_bytes()),
             BodySpec::MergeJsonKeys(_) => {
-                let mut merged = (*json).clone();
+                let mut merged = data.context.clone();
                 for (name, id, override_empty) in &self.merge_templates {
-                    let rendered = render(id)?;
+                    let rendered = self.templates.render(id, &data)?;
                     if !rendered.is_empty() || *override_empty {
                         let value = serde_json::from_str(&rendered).unwrap_or(Value::String(rendered));
                         set_dotted(&mut merged, name, value)?;
@@ -372,14 +319,12 @@ impl TemplateTransformation {
             return Ok(Outcome { ops, body });
         }
         for (name, id) in &self.header_templates {
-            let value = render(id)?;
+            let value = self.templates.render(id, &data)?;
             check_header(name, &value)?;
-            scope.update(|d| {
-                d.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-                if !value.is_empty() {
-                    d.headers.push((name.clone(), value.clone()));
-                }
-            });
+            data.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            if !value.is_empty() {
+                data.headers.push((name.clone(), value.clone()));
+            }
             ops.push(if value.is_empty() {
                 HeaderOp::Remove(name.clone())
             } else {
@@ -387,18 +332,16 @@ impl TemplateTransformation {
             });
         }
         if !spec.headers_to_remove.is_empty() {
-            scope.update(|d| {
-                d.headers.retain(|(n, _)| !spec.headers_to_remove.iter().any(|r| n.eq_ignore_ascii_case(r)))
-            });
+            data.headers.retain(|(n, _)| !spec.headers_to_remove.iter().any(|r| n.eq_ignore_ascii_case(r)));
             ops.extend(spec.headers_to_remove.iter().map(|name| HeaderOp::Remove(name.clone())));
         }
         for (name, id) in &self.append_templates {
-            let value = render(id)?;
+            let value = self.templates.render(id, &data)?;
             if value.is_empty() {
                 continue;
             }
             check_header(name, &value)?;
-            scope.update(|d| d.headers.push((name.clone(), value.clone())));
+            data.headers.push((name.clone(), value.clone()));
             let op = if name.starts_with(':') {
                 HeaderOp::Set(name.clone(), value)
             } else {
@@ -406,7 +349,6 @@ impl TemplateTransformation {
             };
             ops.push(op);
         }
-        drop(scope);
         Ok(Outcome { ops, body })
     }
 }
