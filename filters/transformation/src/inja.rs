@@ -119,7 +119,19 @@ pub fn parse(name: &str, source: &str, pointer_notation: bool, functions: Resolv
 
 fn parse_source(source: &str, pointer_notation: bool, functions: Resolver<'_>) -> Result<Template, SyntaxError> {
     let source = line_statements(source);
-    let mut parser = Parser { source: &source, pointer_notation, functions: Some(functions), ..Default::default() };
+    let mut parser = Parser {
+        source: &source,
+        pos: 0,
+        line: 1,
+        counted_to: 0,
+        trim_next: false,
+        pointer_notation,
+        functions,
+        depth: 0,
+        undeclared: HashSet::new(),
+        declared: HashSet::new(),
+        pending_condition: None,
+    };
     let (nodes, end) = parser.block()?;
     match end {
         None => Ok(Template { nodes, undeclared: parser.undeclared }),
@@ -156,14 +168,22 @@ fn line_statements(source: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-#[derive(Default)]
+/// How deep blocks, and brackets and operators in an expression, may nest: the parser and the renderer recurse,
+/// and a configuration must not be able to overflow the VM's stack.
+const MAX_DEPTH: usize = 64;
+
 struct Parser<'s, 'r> {
     source: &'s str,
     pos: usize,
+    /// The line at `counted_to` (tags are met in order, so lines are counted once).
+    line: u32,
+    counted_to: usize,
     /// A `-}}` / `-%}` asked to drop the whitespace at the start of the next text.
     trim_next: bool,
     pointer_notation: bool,
-    functions: Option<Resolver<'r>>,
+    functions: Resolver<'r>,
+    /// Blocks open around the current position.
+    depth: usize,
     undeclared: HashSet<String>,
     declared: HashSet<String>,
     /// The condition of the `else if` that ended the last block.
@@ -174,9 +194,22 @@ struct Parser<'s, 'r> {
 type BlockEnd = Option<(&'static str, u32)>;
 
 impl Parser<'_, '_> {
-    fn line_at(&self, pos: usize) -> u32 {
-        let before = self.source.get(..pos).unwrap_or_default();
-        1 + before.bytes().filter(|&b| b == b'\n').count() as u32
+    fn line_at(&mut self, pos: usize) -> u32 {
+        let skipped = self.source.get(self.counted_to..pos).unwrap_or_default();
+        self.line += skipped.bytes().filter(|&b| b == b'\n').count() as u32;
+        self.counted_to = self.counted_to.max(pos);
+        self.line
+    }
+
+    /// A nested block, within `MAX_DEPTH`.
+    fn nested_block(&mut self, line: u32) -> Result<(Vec<Node>, BlockEnd), SyntaxError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(syntax("blocks nested too deeply", line));
+        }
+        self.depth += 1;
+        let result = self.block();
+        self.depth -= 1;
+        result
     }
 
     /// Parses nodes up to the end of the text or a statement that ends a block, which it returns (its condition,
@@ -263,7 +296,7 @@ impl Parser<'_, '_> {
                 for name in [Some(first), second].into_iter().flatten() {
                     self.declared.insert(name.to_string());
                 }
-                let (body, end) = self.block()?;
+                let (body, end) = self.nested_block(line)?;
                 match end {
                     Some(("endfor", _)) => {}
                     _ => return Err(syntax("`for` without `endfor`", line)),
@@ -301,7 +334,7 @@ impl Parser<'_, '_> {
         let mut branches = Vec::new();
         let mut condition = self.expression(condition, line)?;
         loop {
-            let (body, end) = self.block()?;
+            let (body, end) = self.nested_block(line)?;
             branches.push((condition, body));
             match end {
                 Some(("else if", else_line)) => {
@@ -309,7 +342,7 @@ impl Parser<'_, '_> {
                     condition = self.expression(&code, else_line)?;
                 }
                 Some(("else", _)) => {
-                    let (otherwise, end) = self.block()?;
+                    let (otherwise, end) = self.nested_block(line)?;
                     return match end {
                         Some(("endif", _)) => Ok(Node::If { branches, otherwise, line }),
                         _ => Err(syntax("`if` without `endif`", line)),
@@ -323,7 +356,7 @@ impl Parser<'_, '_> {
 
     fn expression(&mut self, code: &str, line: u32) -> Result<Expr, SyntaxError> {
         let tokens = tokenize(code, line)?;
-        let mut parser = ExprParser { tokens, next: 0, line, outer: self };
+        let mut parser = ExprParser { tokens, next: 0, line, depth: 0, outer: self };
         let expr = parser.or()?;
         match parser.tokens.get(parser.next) {
             None => Ok(expr),
@@ -482,6 +515,8 @@ struct ExprParser<'p, 's, 'r> {
     tokens: Vec<Token>,
     next: usize,
     line: u32,
+    /// Brackets and prefix operators open around the current token.
+    depth: usize,
     outer: &'p mut Parser<'s, 'r>,
 }
 
@@ -514,6 +549,17 @@ impl ExprParser<'_, '_, '_> {
         Err(syntax(&format!("expected `{symbol}`, found {found}"), self.line))
     }
 
+    /// Parses with `part` one nesting level deeper, within `MAX_DEPTH`.
+    fn nested(&mut self, part: fn(&mut Self) -> Result<Expr, SyntaxError>) -> Result<Expr, SyntaxError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(syntax("expression nested too deeply", self.line));
+        }
+        self.depth += 1;
+        let result = part(self);
+        self.depth -= 1;
+        result
+    }
+
     fn binary(op: BinaryOp, left: Expr, right: Expr) -> Expr {
         Expr::Binary(op, Box::new(left), Box::new(right))
     }
@@ -536,7 +582,7 @@ impl ExprParser<'_, '_, '_> {
 
     fn not(&mut self) -> Result<Expr, SyntaxError> {
         if self.eat_word("not") {
-            return Ok(Expr::Not(Box::new(self.not()?)));
+            return Ok(Expr::Not(Box::new(self.nested(Self::not)?)));
         }
         self.comparison()
     }
@@ -589,14 +635,14 @@ impl ExprParser<'_, '_, '_> {
     fn power(&mut self) -> Result<Expr, SyntaxError> {
         let base = self.unary()?;
         if self.eat_symbol("^") {
-            return Ok(Self::binary(BinaryOp::Pow, base, self.power()?));
+            return Ok(Self::binary(BinaryOp::Pow, base, self.nested(Self::power)?));
         }
         Ok(base)
     }
 
     fn unary(&mut self) -> Result<Expr, SyntaxError> {
         if self.eat_symbol("-") {
-            return Ok(Expr::Neg(Box::new(self.unary()?)));
+            return Ok(Expr::Neg(Box::new(self.nested(Self::unary)?)));
         }
         self.postfix()
     }
@@ -613,7 +659,7 @@ impl ExprParser<'_, '_, '_> {
                 self.next += 1;
                 expr = Expr::Attr(Box::new(expr), name.split('.').filter(|p| !p.is_empty()).map(Step::key).collect());
             } else if self.eat_symbol("[") {
-                let index = self.or()?;
+                let index = self.nested(Self::or)?;
                 self.expect("]")?;
                 expr = Expr::Index(Box::new(expr), Box::new(index));
             } else {
@@ -628,7 +674,7 @@ impl ExprParser<'_, '_, '_> {
             return Ok(items);
         }
         loop {
-            items.push(self.or()?);
+            items.push(self.nested(Self::or)?);
             if self.eat_symbol(close) {
                 return Ok(items);
             }
@@ -646,7 +692,7 @@ impl ExprParser<'_, '_, '_> {
             Token::Float(n) => Ok(Expr::Literal(Value::from(n))),
             Token::Str(s) => Ok(Expr::Literal(Value::String(s))),
             Token::Symbol("(") => {
-                let inner = self.or()?;
+                let inner = self.nested(Self::or)?;
                 self.expect(")")?;
                 Ok(inner)
             }
@@ -662,7 +708,7 @@ impl ExprParser<'_, '_, '_> {
                     };
                     self.next += 1;
                     self.expect(":")?;
-                    pairs.push((key, self.or()?));
+                    pairs.push((key, self.nested(Self::or)?));
                     if self.eat_symbol("}") {
                         return Ok(Expr::Object(pairs));
                     }
@@ -686,9 +732,8 @@ impl ExprParser<'_, '_, '_> {
             _ => {}
         }
         if self.eat_symbol("(") {
-            let resolve = self.outer.functions.ok_or_else(|| syntax("no functions", self.line))?;
-            let (function, min, max) =
-                resolve(&name).ok_or_else(|| syntax(&format!("unknown function `{name}`"), self.line))?;
+            let (function, min, max) = (self.outer.functions)(&name)
+                .ok_or_else(|| syntax(&format!("unknown function `{name}`"), self.line))?;
             let args = self.list(")")?;
             if args.len() < min || args.len() > max {
                 let takes = if min == max { min.to_string() } else { format!("{min} to {max}") };

@@ -988,6 +988,11 @@ mod tests {
         assert_eq!(render("{% raw %}{{ not parsed }}{% if %}{%- endraw %}|{{ name }}"), "{{ not parsed }}{% if %}|Ann");
         assert_eq!(render("{{ default(missing.deep.path, \"d\") }}|{{ default(obj.k, 1) }}"), "d|v");
         assert!(render_with("{{ loop.index1 }}", false, false).unwrap_err().contains("outside a for loop"));
+        let deep_expression = format!("{{{{ {}1{} }}}}", "(".repeat(100), ")".repeat(100));
+        let deep_blocks = format!("{}x{}", "{% if true %}".repeat(100), "{% endif %}".repeat(100));
+        assert!(render_with(&deep_expression, false, false).unwrap_err().contains("nested too deeply"));
+        assert!(render_with(&deep_blocks, false, false).unwrap_err().contains("nested too deeply"));
+        assert!(render_with(&format!("{{{{ {}1 }}}}", "not ".repeat(100)), false, false).is_err());
         for bad in
             ["{% if true %}x", "{% for x in items %}x{% endif %}", "{% endfor %}", "{% set 1 = 2 %}", "{% while %}"]
         {
