@@ -564,20 +564,26 @@ impl ExprParser<'_, '_, '_> {
         Expr::Binary(op, Box::new(left), Box::new(right))
     }
 
-    fn or(&mut self) -> Result<Expr, SyntaxError> {
-        let mut left = self.and()?;
-        while self.eat_word("or") {
-            left = Self::binary(BinaryOp::Or, left, self.and()?);
+    /// One left-associative precedence level: `next (operator next)*`.
+    fn level(
+        &mut self,
+        next: fn(&mut Self) -> Result<Expr, SyntaxError>,
+        operator: fn(&Token) -> Option<BinaryOp>,
+    ) -> Result<Expr, SyntaxError> {
+        let mut left = next(self)?;
+        while let Some(op) = self.peek().and_then(operator) {
+            self.next += 1;
+            left = Self::binary(op, left, next(self)?);
         }
         Ok(left)
     }
 
+    fn or(&mut self) -> Result<Expr, SyntaxError> {
+        self.level(Self::and, |t| matches!(t, Token::Name(n) if n == "or").then_some(BinaryOp::Or))
+    }
+
     fn and(&mut self) -> Result<Expr, SyntaxError> {
-        let mut left = self.not()?;
-        while self.eat_word("and") {
-            left = Self::binary(BinaryOp::And, left, self.not()?);
-        }
-        Ok(left)
+        self.level(Self::not, |t| matches!(t, Token::Name(n) if n == "and").then_some(BinaryOp::And))
     }
 
     fn not(&mut self) -> Result<Expr, SyntaxError> {
@@ -588,48 +594,33 @@ impl ExprParser<'_, '_, '_> {
     }
 
     fn comparison(&mut self) -> Result<Expr, SyntaxError> {
-        let mut left = self.sum()?;
-        loop {
-            let op = match self.peek() {
-                Some(Token::Symbol("==")) => BinaryOp::Eq,
-                Some(Token::Symbol("!=")) => BinaryOp::Ne,
-                Some(Token::Symbol("<")) => BinaryOp::Lt,
-                Some(Token::Symbol("<=")) => BinaryOp::Le,
-                Some(Token::Symbol(">")) => BinaryOp::Gt,
-                Some(Token::Symbol(">=")) => BinaryOp::Ge,
-                Some(Token::Name(n)) if n == "in" => BinaryOp::In,
-                _ => return Ok(left),
-            };
-            self.next += 1;
-            left = Self::binary(op, left, self.sum()?);
-        }
+        self.level(Self::sum, |t| match t {
+            Token::Symbol("==") => Some(BinaryOp::Eq),
+            Token::Symbol("!=") => Some(BinaryOp::Ne),
+            Token::Symbol("<") => Some(BinaryOp::Lt),
+            Token::Symbol("<=") => Some(BinaryOp::Le),
+            Token::Symbol(">") => Some(BinaryOp::Gt),
+            Token::Symbol(">=") => Some(BinaryOp::Ge),
+            Token::Name(n) if n == "in" => Some(BinaryOp::In),
+            _ => None,
+        })
     }
 
     fn sum(&mut self) -> Result<Expr, SyntaxError> {
-        let mut left = self.product()?;
-        loop {
-            let op = match self.peek() {
-                Some(Token::Symbol("+")) => BinaryOp::Add,
-                Some(Token::Symbol("-")) => BinaryOp::Sub,
-                _ => return Ok(left),
-            };
-            self.next += 1;
-            left = Self::binary(op, left, self.product()?);
-        }
+        self.level(Self::product, |t| match t {
+            Token::Symbol("+") => Some(BinaryOp::Add),
+            Token::Symbol("-") => Some(BinaryOp::Sub),
+            _ => None,
+        })
     }
 
     fn product(&mut self) -> Result<Expr, SyntaxError> {
-        let mut left = self.power()?;
-        loop {
-            let op = match self.peek() {
-                Some(Token::Symbol("*")) => BinaryOp::Mul,
-                Some(Token::Symbol("/")) => BinaryOp::Div,
-                Some(Token::Symbol("%")) => BinaryOp::Rem,
-                _ => return Ok(left),
-            };
-            self.next += 1;
-            left = Self::binary(op, left, self.power()?);
-        }
+        self.level(Self::power, |t| match t {
+            Token::Symbol("*") => Some(BinaryOp::Mul),
+            Token::Symbol("/") => Some(BinaryOp::Div),
+            Token::Symbol("%") => Some(BinaryOp::Rem),
+            _ => None,
+        })
     }
 
     fn power(&mut self) -> Result<Expr, SyntaxError> {
