@@ -60,7 +60,7 @@ impl Templates {
         if let [Node::Text(text)] = template.nodes.as_slice() {
             return Ok(text.clone());
         }
-        let mut renderer = Renderer { data, escape: self.escape, locals: Vec::new(), loops: Vec::new() };
+        let mut renderer = Renderer { data, escape: self.escape, locals: Vec::new(), loops: Vec::new(), iterations: 0 };
         let mut out = String::new();
         renderer.nodes(&template.nodes, &mut out).map_err(|(e, line)| format!("{} (in {name}:{line})", e.message))?;
         Ok(out)
@@ -96,6 +96,20 @@ struct Renderer<'a> {
     locals: Vec<(&'a str, Cow<'a, Value>)>,
     /// The enclosing loops: (index, length), innermost last.
     loops: Vec<(usize, usize)>,
+    /// Loop iterations so far, within `MAX_ITERATIONS`.
+    iterations: usize,
+}
+
+/// Bounds on one render, so that a template looping over a large request body (a loop in a loop, a string
+/// doubled in a loop) gives an error instead of exhausting the VM's memory or time.
+const MAX_ITERATIONS: usize = 1_000_000;
+const MAX_TEXT: usize = 16 << 20;
+
+fn too_large(bytes: usize) -> Result<()> {
+    if bytes > MAX_TEXT {
+        return Err(invalid(format!("a rendered value or output over {} MiB", MAX_TEXT >> 20)));
+    }
+    Ok(())
 }
 
 impl<'a> Renderer<'a> {
@@ -106,6 +120,7 @@ impl<'a> Renderer<'a> {
                 Node::Print { expr, line } => {
                     let value = self.eval(expr).map_err(|e| (e, *line))?;
                     print(out, &value, self.escape);
+                    too_large(out.len()).map_err(|e| (e, *line))?;
                 }
                 Node::If { branches, otherwise, line } => {
                     let mut chosen: &'a [Node] = otherwise;
@@ -122,6 +137,10 @@ impl<'a> Renderer<'a> {
                     let items = loop_items(iterable, key.is_some()).map_err(|e| (e, *line))?;
                     let length = items.len();
                     for (index, (item_key, item)) in items.into_iter().enumerate() {
+                        self.iterations += 1;
+                        if self.iterations > MAX_ITERATIONS {
+                            return Err((invalid(format!("more than {MAX_ITERATIONS} loop iterations")), *line));
+                        }
                         let mark = self.locals.len();
                         if let (Some(name), Some(item_key)) = (key, item_key) {
                             self.locals.push((name, item_key));
@@ -429,8 +448,13 @@ fn contains(haystack: &Value, needle: &Value) -> Result<bool> {
 
 fn arithmetic(op: BinaryOp, left: &Value, right: &Value) -> Result<Value> {
     match (op, left, right) {
-        (BinaryOp::Add, Value::String(a), Value::String(b)) => return Ok(Value::String(format!("{a}{b}"))),
+        (BinaryOp::Add, Value::String(a), Value::String(b)) => {
+            too_large(a.len() + b.len())?;
+            return Ok(Value::String(format!("{a}{b}")));
+        }
         (BinaryOp::Add, Value::Array(a), Value::Array(b)) => {
+            // Elements count as bytes here: a coarse bound, enough against doubling in a loop.
+            too_large(a.len() + b.len())?;
             return Ok(Value::Array(a.iter().chain(b).cloned().collect()));
         }
         _ => {}
@@ -543,7 +567,13 @@ static FUNCTIONS: &[(&str, usize, usize, Function)] = &[
         let mut chars = lower.chars();
         text(chars.next().map(|c| c.to_uppercase().chain(chars).collect::<String>()).unwrap_or_default())
     }),
-    ("replace", 3, 3, |_, a| text(str_at(&a, 0).replace(&*str_at(&a, 1), &str_at(&a, 2)))),
+    ("replace", 3, 3, |_, a| {
+        let (input, from, to) = (str_at(&a, 0), str_at(&a, 1), str_at(&a, 2));
+        // An empty `from` matches around every character.
+        let matches = if from.is_empty() { input.chars().count() + 1 } else { input.matches(&*from).count() };
+        too_large(input.len() + matches.saturating_mul(to.len()))?;
+        text(input.replace(&*from, &to))
+    }),
     ("exists", 1, 1, |r, a| {
         let path = str_at(&a, 0);
         let mut parts = path.split(['.', '/']).filter(|p| !p.is_empty());
@@ -993,6 +1023,16 @@ mod tests {
         assert!(render_with(&deep_expression, false, false).unwrap_err().contains("nested too deeply"));
         assert!(render_with(&deep_blocks, false, false).unwrap_err().contains("nested too deeply"));
         assert!(render_with(&format!("{{{{ {}1 }}}}", "not ".repeat(100)), false, false).is_err());
+        let quadratic = "{% for a in range(2000) %}{% for b in range(1000) %}{% endfor %}{% endfor %}";
+        assert!(render_with(quadratic, false, false).unwrap_err().contains("more than 1000000 loop iterations"));
+        let doubling = "{% set s = \"ab\" %}{% for i in range(30) %}{% set s = s + s %}{% endfor %}{{ length(s) }}";
+        assert!(render_with(doubling, false, false).unwrap_err().contains("over 16 MiB"));
+        let grow = "{% set s = \"0123456789\" %}{% for i in range(5) %}{% set s = s + s %}{% endfor %}";
+        let output = format!("{grow}{{% for i in range(100000) %}}{{{{ s }}}}{{% endfor %}}");
+        assert!(render_with(&output, false, false).unwrap_err().contains("over 16 MiB"));
+        let replaced = "{{ replace(\"xxxxxxxxxxxxxxxx\", \"x\", body()) }}";
+        assert_eq!(render_with(replaced, false, false).unwrap().len(), 16 * 15);
+        assert!(render_with("{{ replace(\"x\", \"\", body()) }}", false, false).is_ok());
         for bad in
             ["{% if true %}x", "{% for x in items %}x{% endif %}", "{% endfor %}", "{% set 1 = 2 %}", "{% while %}"]
         {
