@@ -130,12 +130,11 @@ fn parse_source(source: &str, pointer_notation: bool, functions: Resolver<'_>) -
         depth: 0,
         undeclared: HashSet::new(),
         declared: HashSet::new(),
-        pending_condition: None,
     };
     let (nodes, end) = parser.block()?;
     match end {
         None => Ok(Template { nodes, undeclared: parser.undeclared }),
-        Some((keyword, line)) => Err(syntax(&format!("unexpected {{% {keyword} %}}"), line)),
+        Some((end, line)) => Err(syntax(&format!("unexpected {{% {} %}}", end.keyword()), line)),
     }
 }
 
@@ -149,14 +148,15 @@ fn syntax(message: &str, line: u32) -> SyntaxError {
     SyntaxError { message: message.to_string(), line }
 }
 
-/// Turns inja's `## statement` lines into `{% statement %}` blocks (without the line's newline).
+/// Turns inja's `## statement` lines (`##` at the start of the line) into `{% statement %}` blocks, without the
+/// line's newline.
 fn line_statements(source: &str) -> Cow<'_, str> {
     if !source.contains("##") {
         return Cow::Borrowed(source);
     }
     let mut out = String::with_capacity(source.len());
     for line in source.split_inclusive('\n') {
-        match line.trim_start().strip_prefix("##") {
+        match line.strip_prefix("##") {
             Some(statement) => {
                 out.push_str("{% ");
                 out.push_str(statement.trim());
@@ -178,7 +178,7 @@ struct Parser<'s, 'r> {
     /// The line at `counted_to` (tags are met in order, so lines are counted once).
     line: u32,
     counted_to: usize,
-    /// A `-}}` / `-%}` asked to drop the whitespace at the start of the next text.
+    /// A `-}}` / `-%}` / `-#}` asked to drop the spaces and first newline at the start of the next text.
     trim_next: bool,
     pointer_notation: bool,
     functions: Resolver<'r>,
@@ -186,12 +186,29 @@ struct Parser<'s, 'r> {
     depth: usize,
     undeclared: HashSet<String>,
     declared: HashSet<String>,
-    /// The condition of the `else if` that ended the last block.
-    pending_condition: Option<String>,
 }
 
-/// A statement that ends a block: its keyword (`else`, `else if`, `endif`, `endfor`) and line.
-type BlockEnd = Option<(&'static str, u32)>;
+/// A statement that ends a block.
+enum BlockEnd {
+    Else,
+    ElseIf(Expr),
+    EndIf,
+    EndFor,
+}
+
+impl BlockEnd {
+    fn keyword(&self) -> &'static str {
+        match self {
+            BlockEnd::Else => "else",
+            BlockEnd::ElseIf(_) => "else if",
+            BlockEnd::EndIf => "endif",
+            BlockEnd::EndFor => "endfor",
+        }
+    }
+}
+
+/// The nodes of a block and the statement that ended it (with its line), if one did.
+type Block = (Vec<Node>, Option<(BlockEnd, u32)>);
 
 impl Parser<'_, '_> {
     fn line_at(&mut self, pos: usize) -> u32 {
@@ -202,7 +219,7 @@ impl Parser<'_, '_> {
     }
 
     /// A nested block, within `MAX_DEPTH`.
-    fn nested_block(&mut self, line: u32) -> Result<(Vec<Node>, BlockEnd), SyntaxError> {
+    fn nested_block(&mut self, line: u32) -> Result<Block, SyntaxError> {
         if self.depth >= MAX_DEPTH {
             return Err(syntax("blocks nested too deeply", line));
         }
@@ -212,9 +229,8 @@ impl Parser<'_, '_> {
         result
     }
 
-    /// Parses nodes up to the end of the text or a statement that ends a block, which it returns (its condition,
-    /// for `else if`, is left in `self.pending_condition`).
-    fn block(&mut self) -> Result<(Vec<Node>, BlockEnd), SyntaxError> {
+    /// Parses nodes up to the end of the text or a statement that ends a block, which it returns.
+    fn block(&mut self) -> Result<Block, SyntaxError> {
         let mut nodes = Vec::new();
         loop {
             let rest = self.source.get(self.pos..).unwrap_or_default();
@@ -259,23 +275,36 @@ impl Parser<'_, '_> {
                 continue;
             }
             if let Some(end) = self.statement(code, line, &mut nodes)? {
-                return Ok((nodes, Some(end)));
+                return Ok((nodes, Some((end, line))));
             }
         }
     }
 
+    /// Adds text, trimmed as inja does for whitespace control: a closing `-}}` before it drops its leading spaces
+    /// and tabs and one newline; an opening `{{-` after it drops the spaces and tabs that end it when they stand
+    /// alone on their line.
     fn push_text(&mut self, nodes: &mut Vec<Node>, text: &str, trim_end: bool) {
-        let text = if std::mem::take(&mut self.trim_next) { text.trim_start() } else { text };
-        let text = if trim_end { text.trim_end() } else { text };
+        let mut text = text;
+        if std::mem::take(&mut self.trim_next) {
+            let rest = text.trim_start_matches([' ', '\t']);
+            text = rest.strip_prefix("\r\n").or_else(|| rest.strip_prefix(['\n', '\r'])).unwrap_or(rest);
+        }
+        if trim_end {
+            let trimmed = text.trim_end_matches([' ', '\t']);
+            if trimmed.is_empty() || trimmed.ends_with(['\n', '\r']) {
+                text = trimmed;
+            }
+        }
         if !text.is_empty() {
             nodes.push(Node::Text(text.to_string()));
         }
     }
 
     /// Parses one statement; statements that end a block are returned instead.
-    fn statement(&mut self, code: &str, line: u32, nodes: &mut Vec<Node>) -> Result<BlockEnd, SyntaxError> {
+    fn statement(&mut self, code: &str, line: u32, nodes: &mut Vec<Node>) -> Result<Option<BlockEnd>, SyntaxError> {
         let code = code.trim();
-        let (keyword, rest) = code.split_once(char::is_whitespace).unwrap_or((code, ""));
+        // The keyword needs no space after it: `{% if(x) %}`.
+        let (keyword, rest) = code.split_at(code.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(code.len()));
         let rest = rest.trim();
         match keyword {
             "if" => {
@@ -285,7 +314,7 @@ impl Parser<'_, '_> {
             }
             "for" => {
                 let (vars, iterable) =
-                    rest.split_once(" in ").ok_or_else(|| syntax("expected `for x in ...`", line))?;
+                    split_at_word(rest, "in").ok_or_else(|| syntax("expected `for x in ...`", line))?;
                 let mut names = vars.split(',').map(str::trim);
                 let first = names.next().unwrap_or_default();
                 let second = names.next();
@@ -297,9 +326,8 @@ impl Parser<'_, '_> {
                     self.declared.insert(name.to_string());
                 }
                 let (body, end) = self.nested_block(line)?;
-                match end {
-                    Some(("endfor", _)) => {}
-                    _ => return Err(syntax("`for` without `endfor`", line)),
+                if !matches!(end, Some((BlockEnd::EndFor, _))) {
+                    return Err(syntax("`for` without `endfor`", line));
                 }
                 let (key, value) = match second {
                     Some(value) => (Some(first.to_string()), value.to_string()),
@@ -319,13 +347,13 @@ impl Parser<'_, '_> {
                 nodes.push(Node::Set { name: name.to_string(), expr, line });
                 Ok(None)
             }
-            "else" if rest.starts_with("if ") || rest == "if" => {
-                self.pending_condition = Some(rest.get(2..).unwrap_or_default().to_string());
-                Ok(Some(("else if", line)))
-            }
-            "else" if rest.is_empty() => Ok(Some(("else", line))),
-            "endif" if rest.is_empty() => Ok(Some(("endif", line))),
-            "endfor" if rest.is_empty() => Ok(Some(("endfor", line))),
+            "else" if rest.is_empty() => Ok(Some(BlockEnd::Else)),
+            "else" => match rest.strip_prefix("if").filter(|c| !c.starts_with(|c: char| c.is_ascii_alphanumeric())) {
+                Some(condition) => Ok(Some(BlockEnd::ElseIf(self.expression(condition, line)?))),
+                None => Err(syntax(&format!("unknown statement `{code}`"), line)),
+            },
+            "endif" if rest.is_empty() => Ok(Some(BlockEnd::EndIf)),
+            "endfor" if rest.is_empty() => Ok(Some(BlockEnd::EndFor)),
             _ => Err(syntax(&format!("unknown statement `{code}`"), line)),
         }
     }
@@ -337,18 +365,15 @@ impl Parser<'_, '_> {
             let (body, end) = self.nested_block(line)?;
             branches.push((condition, body));
             match end {
-                Some(("else if", else_line)) => {
-                    let code = self.pending_condition.take().unwrap_or_default();
-                    condition = self.expression(&code, else_line)?;
-                }
-                Some(("else", _)) => {
+                Some((BlockEnd::ElseIf(next), _)) => condition = next,
+                Some((BlockEnd::Else, _)) => {
                     let (otherwise, end) = self.nested_block(line)?;
                     return match end {
-                        Some(("endif", _)) => Ok(Node::If { branches, otherwise, line }),
+                        Some((BlockEnd::EndIf, _)) => Ok(Node::If { branches, otherwise, line }),
                         _ => Err(syntax("`if` without `endif`", line)),
                     };
                 }
-                Some(("endif", _)) => return Ok(Node::If { branches, otherwise: Vec::new(), line }),
+                Some((BlockEnd::EndIf, _)) => return Ok(Node::If { branches, otherwise: Vec::new(), line }),
                 _ => return Err(syntax("`if` without `endif`", line)),
             }
         }
@@ -403,6 +428,19 @@ fn raw_block(rest: &str) -> Option<(&str, usize)> {
             return Some((rest.get(..open)?, open + 2 + close + 2));
         }
         from = open + 2;
+    }
+}
+
+/// `code` around the first `word` that stands alone (whitespace on both sides).
+fn split_at_word<'c>(code: &'c str, word: &str) -> Option<(&'c str, &'c str)> {
+    let mut from = 0;
+    loop {
+        let at = from + code.get(from..)?.find(word)?;
+        let (before, after) = (code.get(..at)?, code.get(at + word.len()..)?);
+        if before.ends_with(char::is_whitespace) && after.starts_with(char::is_whitespace) {
+            return Some((before, after));
+        }
+        from = at + word.len();
     }
 }
 
@@ -470,7 +508,7 @@ fn tokenize(code: &str, line: u32) -> Result<Vec<Token>, SyntaxError> {
             tokens.push(token);
             rest = rest.get(end..).unwrap_or_default();
         } else if c == '"' || c == '\'' {
-            let (text, len) = string_literal(rest).ok_or_else(|| syntax("unterminated string", line))?;
+            let (text, len) = string_literal(rest).ok_or_else(|| syntax("invalid or unterminated string", line))?;
             tokens.push(Token::Str(text));
             rest = rest.get(len..).unwrap_or_default();
         } else if let Some(symbol) = SYMBOLS.iter().find(|s| rest.starts_with(**s)) {
@@ -482,33 +520,63 @@ fn tokenize(code: &str, line: u32) -> Result<Vec<Token>, SyntaxError> {
     }
 }
 
-/// A quoted string at the start of `code`: its value and its length in the code.
+/// A quoted string at the start of `code`: its value and its length in the code. JSON's escapes; another
+/// escaped character stands for itself with its backslash; a `\u` escape that is not four hex digits, or a missing
+/// closing quote, is `None`.
 fn string_literal(code: &str) -> Option<(String, usize)> {
     let mut chars = code.char_indices();
     let (_, quote) = chars.next()?;
     let mut out = String::new();
     while let Some((i, c)) = chars.next() {
         match c {
-            '\\' => {
-                let (_, escaped) = chars.next()?;
-                match escaped {
-                    'n' => out.push('\n'),
-                    't' => out.push('\t'),
-                    'r' => out.push('\r'),
-                    'b' => out.push('\u{8}'),
-                    'f' => out.push('\u{c}'),
-                    'u' => {
-                        let hex: String = chars.by_ref().take(4).map(|(_, c)| c).collect();
-                        out.push(u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32).unwrap_or('\u{fffd}'));
-                    }
-                    other => out.push(other),
+            '\\' => match chars.next()?.1 {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'r' => out.push('\r'),
+                'b' => out.push('\u{8}'),
+                'f' => out.push('\u{c}'),
+                'u' => {
+                    let unit = hex4(&mut chars)?;
+                    let scalar = if (0xD800..0xDC00).contains(&unit) {
+                        // A surrogate pair: `\ud83d\ude00`.
+                        let mut ahead = chars.clone();
+                        let low = match (ahead.next(), ahead.next()) {
+                            (Some((_, '\\')), Some((_, 'u'))) => {
+                                hex4(&mut ahead).filter(|l| (0xDC00..0xE000).contains(l))
+                            }
+                            _ => None,
+                        };
+                        match low {
+                            Some(low) => {
+                                chars = ahead;
+                                0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)
+                            }
+                            None => unit,
+                        }
+                    } else {
+                        unit
+                    };
+                    out.push(char::from_u32(scalar).unwrap_or('\u{fffd}'));
                 }
-            }
+                escaped @ ('"' | '\'' | '\\' | '/') => out.push(escaped),
+                other => {
+                    out.push('\\');
+                    out.push(other);
+                }
+            },
             c if c == quote => return Some((out, i + c.len_utf8())),
             c => out.push(c),
         }
     }
     None
+}
+
+fn hex4(chars: &mut std::str::CharIndices<'_>) -> Option<u32> {
+    let mut value = 0;
+    for _ in 0..4 {
+        value = value * 16 + chars.next()?.1.to_digit(16)?;
+    }
+    Some(value)
 }
 
 struct ExprParser<'p, 's, 'r> {
@@ -549,12 +617,18 @@ impl ExprParser<'_, '_, '_> {
         Err(syntax(&format!("expected `{symbol}`, found {found}"), self.line))
     }
 
-    /// Parses with `part` one nesting level deeper, within `MAX_DEPTH`.
-    fn nested(&mut self, part: fn(&mut Self) -> Result<Expr, SyntaxError>) -> Result<Expr, SyntaxError> {
-        if self.depth >= MAX_DEPTH {
+    /// One nesting level deeper, within `MAX_DEPTH`.
+    fn deeper(&mut self) -> Result<(), SyntaxError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
             return Err(syntax("expression nested too deeply", self.line));
         }
-        self.depth += 1;
+        Ok(())
+    }
+
+    /// Parses with `part` one nesting level deeper.
+    fn nested(&mut self, part: fn(&mut Self) -> Result<Expr, SyntaxError>) -> Result<Expr, SyntaxError> {
+        self.deeper()?;
         let result = part(self);
         self.depth -= 1;
         result
@@ -564,33 +638,32 @@ impl ExprParser<'_, '_, '_> {
         Expr::Binary(op, Box::new(left), Box::new(right))
     }
 
-    /// One left-associative precedence level: `next (operator next)*`.
+    /// One left-associative precedence level: `next (operator next)*`. A chain of operators builds a tree as
+    /// deep as it is long, so each operator counts toward `MAX_DEPTH`.
     fn level(
         &mut self,
         next: fn(&mut Self) -> Result<Expr, SyntaxError>,
         operator: fn(&Token) -> Option<BinaryOp>,
     ) -> Result<Expr, SyntaxError> {
+        let depth = self.depth;
         let mut left = next(self)?;
         while let Some(op) = self.peek().and_then(operator) {
             self.next += 1;
+            self.deeper()?;
             left = Self::binary(op, left, next(self)?);
         }
+        self.depth = depth;
         Ok(left)
     }
 
+    /// inja's precedence, loosest first: `and` `or` (one level); comparisons and `in`; `+` `-`; `*` `/` `%`
+    /// and prefix `not`; `^` (right-associative); prefix `-`; calls, `.name` and `[index]`.
     fn or(&mut self) -> Result<Expr, SyntaxError> {
-        self.level(Self::and, |t| matches!(t, Token::Name(n) if n == "or").then_some(BinaryOp::Or))
-    }
-
-    fn and(&mut self) -> Result<Expr, SyntaxError> {
-        self.level(Self::not, |t| matches!(t, Token::Name(n) if n == "and").then_some(BinaryOp::And))
-    }
-
-    fn not(&mut self) -> Result<Expr, SyntaxError> {
-        if self.eat_word("not") {
-            return Ok(Expr::Not(Box::new(self.nested(Self::not)?)));
-        }
-        self.comparison()
+        self.level(Self::comparison, |t| match t {
+            Token::Name(n) if n == "and" => Some(BinaryOp::And),
+            Token::Name(n) if n == "or" => Some(BinaryOp::Or),
+            _ => None,
+        })
     }
 
     fn comparison(&mut self) -> Result<Expr, SyntaxError> {
@@ -615,12 +688,19 @@ impl ExprParser<'_, '_, '_> {
     }
 
     fn product(&mut self) -> Result<Expr, SyntaxError> {
-        self.level(Self::power, |t| match t {
+        self.level(Self::not, |t| match t {
             Token::Symbol("*") => Some(BinaryOp::Mul),
             Token::Symbol("/") => Some(BinaryOp::Div),
             Token::Symbol("%") => Some(BinaryOp::Rem),
             _ => None,
         })
+    }
+
+    fn not(&mut self) -> Result<Expr, SyntaxError> {
+        if self.eat_word("not") {
+            return Ok(Expr::Not(Box::new(self.nested(Self::not)?)));
+        }
+        self.power()
     }
 
     fn power(&mut self) -> Result<Expr, SyntaxError> {
@@ -639,8 +719,12 @@ impl ExprParser<'_, '_, '_> {
     }
 
     fn postfix(&mut self) -> Result<Expr, SyntaxError> {
+        let depth = self.depth;
         let mut expr = self.primary()?;
         loop {
+            if matches!(self.peek(), Some(Token::Symbol(".")) | Some(Token::Symbol("["))) {
+                self.deeper()?;
+            }
             if self.eat_symbol(".") {
                 let name = match self.tokens.get(self.next) {
                     Some(Token::Name(n)) => n.clone(),
@@ -654,6 +738,7 @@ impl ExprParser<'_, '_, '_> {
                 self.expect("]")?;
                 expr = Expr::Index(Box::new(expr), Box::new(index));
             } else {
+                self.depth = depth;
                 return Ok(expr);
             }
         }

@@ -5,7 +5,7 @@
 //! instead of copying them: a body template usually reads a few fields of a large body.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
@@ -60,9 +60,18 @@ impl Templates {
         if let [Node::Text(text)] = template.nodes.as_slice() {
             return Ok(text.clone());
         }
-        let mut renderer = Renderer { data, escape: self.escape, locals: Vec::new(), loops: Vec::new(), iterations: 0 };
+        let mut renderer = Renderer {
+            data,
+            escape: self.escape,
+            globals: Vec::new(),
+            locals: Vec::new(),
+            loops: Vec::new(),
+            work: Cell::new(0),
+        };
         let mut out = String::new();
-        renderer.nodes(&template.nodes, &mut out).map_err(|(e, line)| format!("{} (in {name}:{line})", e.message))?;
+        renderer
+            .nodes(&template.nodes, &mut out, 1)
+            .map_err(|(e, line)| format!("{} (in {name}:{line})", e.message))?;
         Ok(out)
     }
 
@@ -92,35 +101,43 @@ type Result<T, E = Error> = std::result::Result<T, E>;
 struct Renderer<'a> {
     data: &'a RenderData,
     escape: bool,
-    /// `set` and loop variables, innermost last.
+    /// `set` variables: inja's `set` writes the template's data, seen everywhere after it.
+    globals: Vec<(&'a str, Cow<'a, Value>)>,
+    /// Loop variables, innermost last.
     locals: Vec<(&'a str, Cow<'a, Value>)>,
     /// The enclosing loops: (index, length), innermost last.
     loops: Vec<(usize, usize)>,
-    /// Loop iterations so far, within `MAX_ITERATIONS`.
-    iterations: usize,
+    /// Work done so far, within `MAX_WORK`.
+    work: Cell<usize>,
 }
 
-/// Bounds on one render, so that a template looping over a large request body (a loop in a loop, a string
-/// doubled in a loop) gives an error instead of exhausting the VM's memory or time.
-const MAX_ITERATIONS: usize = 1_000_000;
-const MAX_TEXT: usize = 16 << 20;
+/// How much one render may do, so that a template over a large request body (a loop in a loop, a value doubled
+/// in a loop, text repeated per item) gives an error instead of exhausting the VM's memory or time. Counted in
+/// bytes of text written, copied or compared, and units for each value copied and each loop iteration.
+const MAX_WORK: usize = 64 << 20;
 
-fn too_large(bytes: usize) -> Result<()> {
-    if bytes > MAX_TEXT {
-        return Err(invalid(format!("a rendered value or output over {} MiB", MAX_TEXT >> 20)));
-    }
-    Ok(())
-}
+/// What a loop iteration costs: about what copying 16 bytes does.
+const LOOP_ITERATION: usize = 16;
+
+/// How deep a value built by a template may nest (as deep as serde_json's parser allows bodies to): printing,
+/// comparing and dropping values recurse.
+const MAX_VALUE_DEPTH: usize = 128;
 
 impl<'a> Renderer<'a> {
-    fn nodes(&mut self, nodes: &'a [Node], out: &mut String) -> Result<(), (Error, u32)> {
+    /// Renders `nodes` into `out`; an error comes with its line (`block_line`, the enclosing statement's, for
+    /// text).
+    fn nodes(&mut self, nodes: &'a [Node], out: &mut String, block_line: u32) -> Result<(), (Error, u32)> {
         for node in nodes {
             match node {
-                Node::Text(text) => out.push_str(text),
+                Node::Text(text) => {
+                    self.spend(text.len()).map_err(|e| (e, block_line))?;
+                    out.push_str(text);
+                }
                 Node::Print { expr, line } => {
                     let value = self.eval(expr).map_err(|e| (e, *line))?;
+                    let before = out.len();
                     print(out, &value, self.escape);
-                    too_large(out.len()).map_err(|e| (e, *line))?;
+                    self.spend(out.len() - before).map_err(|e| (e, *line))?;
                 }
                 Node::If { branches, otherwise, line } => {
                     let mut chosen: &'a [Node] = otherwise;
@@ -130,24 +147,21 @@ impl<'a> Renderer<'a> {
                             break;
                         }
                     }
-                    self.nodes(chosen, out)?;
+                    self.nodes(chosen, out, *line)?;
                 }
                 Node::For { key, value, iterable, body, line } => {
                     let iterable = self.eval(iterable).map_err(|e| (e, *line))?;
                     let items = loop_items(iterable, key.is_some()).map_err(|e| (e, *line))?;
                     let length = items.len();
                     for (index, (item_key, item)) in items.into_iter().enumerate() {
-                        self.iterations += 1;
-                        if self.iterations > MAX_ITERATIONS {
-                            return Err((invalid(format!("more than {MAX_ITERATIONS} loop iterations")), *line));
-                        }
+                        self.spend(LOOP_ITERATION).map_err(|e| (e, *line))?;
                         let mark = self.locals.len();
                         if let (Some(name), Some(item_key)) = (key, item_key) {
                             self.locals.push((name, item_key));
                         }
                         self.locals.push((value, item));
                         self.loops.push((index, length));
-                        let result = self.nodes(body, out);
+                        let result = self.nodes(body, out, *line);
                         self.loops.pop();
                         self.locals.truncate(mark);
                         result?;
@@ -155,9 +169,9 @@ impl<'a> Renderer<'a> {
                 }
                 Node::Set { name, expr, line } => {
                     let value = self.eval(expr).map_err(|e| (e, *line))?;
-                    match self.locals.iter_mut().rev().find(|(n, _)| n == name) {
+                    match self.globals.iter_mut().find(|(n, _)| n == name) {
                         Some(slot) => slot.1 = value,
-                        None => self.locals.push((name, value)),
+                        None => self.globals.push((name, value)),
                     }
                 }
             }
@@ -188,11 +202,13 @@ impl<'a> Renderer<'a> {
                 }
                 let (_, _, _, f) = FUNCTIONS.get(*function).ok_or_else(|| invalid("unknown function"))?;
                 let args = args.iter().map(|a| self.eval(a)).collect::<Result<Vec<_>>>()?;
-                f(self, args)
+                self.spend(args.iter().map(|a| shallow_size(a)).sum())?;
+                self.charge(f(self, args)?)
             }
             Expr::Attr(target, steps) => {
                 let target = self.eval(target)?;
-                descend(target, steps).ok_or_else(|| undefined(&describe_steps("value", steps)))
+                let found = descend(target, steps).ok_or_else(|| undefined(&describe_steps("value", steps)))?;
+                self.charge(found)
             }
             Expr::Index(target, index) => {
                 let target = self.eval(target)?;
@@ -210,7 +226,7 @@ impl<'a> Renderer<'a> {
                     _ => None,
                 };
                 let found = step.and_then(|s| descend(target, std::slice::from_ref(&s)));
-                found.ok_or_else(|| undefined(&format!("element {index}")))
+                self.charge(found.ok_or_else(|| undefined(&format!("element {index}")))?)
             }
             Expr::Not(inner) => Ok(Cow::Owned(Value::Bool(!truthy(&*self.eval(inner)?)))),
             Expr::Neg(inner) => {
@@ -225,22 +241,24 @@ impl<'a> Renderer<'a> {
             }
             Expr::Array(items) => {
                 let items = items.iter().map(|e| self.eval(e).map(Cow::into_owned)).collect::<Result<Vec<_>>>()?;
-                Ok(Cow::Owned(Value::Array(items)))
+                self.charge(Cow::Owned(Value::Array(items)))
             }
             Expr::Object(pairs) => {
                 let mut map = Map::new();
                 for (key, value) in pairs {
                     map.insert(key.clone(), self.eval(value)?.into_owned());
                 }
-                Ok(Cow::Owned(Value::Object(map)))
+                self.charge(Cow::Owned(Value::Object(map)))
             }
             Expr::Binary(op, left, right) => self.binary(*op, left, right),
         }
     }
 
-    /// A `set` or loop variable, else a field of the JSON context; then down `steps`.
-    fn variable(&self, name: &'a str, steps: &'a [Step]) -> Result<Cow<'a, Value>> {
-        let found = match self.locals.iter().rev().find(|(n, _)| *n == name) {
+    /// A loop variable, else a `set` variable, else a field of the JSON context; then down `steps`. What the
+    /// template computed is copied, what it borrows (the context, its literals) is not.
+    fn variable(&self, name: &str, steps: &[Step]) -> Result<Cow<'a, Value>> {
+        let local = self.locals.iter().rev().chain(self.globals.iter()).find(|(n, _)| *n == name);
+        let found = match local {
             Some((_, Cow::Borrowed(value))) => walk(value, steps).map(Cow::Borrowed),
             Some((_, Cow::Owned(value))) => walk(value, steps).map(|v| Cow::Owned(v.clone())),
             None => {
@@ -248,7 +266,32 @@ impl<'a> Renderer<'a> {
                 data.context.as_object().and_then(|map| map.get(name)).and_then(|v| walk(v, steps)).map(Cow::Borrowed)
             }
         };
-        found.ok_or_else(|| undefined(&describe_steps(name, steps)))
+        self.charge(found.ok_or_else(|| undefined(&describe_steps(name, steps)))?)
+    }
+
+    fn spend(&self, units: usize) -> Result<()> {
+        let total = self.work.get().saturating_add(units);
+        self.work.set(total);
+        if total > MAX_WORK {
+            return Err(invalid(format!(
+                "the template needs more than {} Mi units of work (bytes written or copied, values copied, loop \
+                 iterations)",
+                MAX_WORK >> 20
+            )));
+        }
+        Ok(())
+    }
+
+    /// Charges a value the render made or copied (borrowed ones are free); refuses one nested too deeply.
+    fn charge(&self, value: Cow<'a, Value>) -> Result<Cow<'a, Value>> {
+        if let Cow::Owned(owned) = &value {
+            let (weight, depth) = measure(owned, MAX_WORK.saturating_sub(self.work.get()));
+            self.spend(weight)?;
+            if depth > MAX_VALUE_DEPTH {
+                return Err(invalid(format!("a value nested deeper than {MAX_VALUE_DEPTH} levels")));
+            }
+        }
+        Ok(value)
     }
 
     fn binary(&self, op: BinaryOp, left: &'a Expr, right: &'a Expr) -> Result<Cow<'a, Value>> {
@@ -258,19 +301,15 @@ impl<'a> Renderer<'a> {
             BinaryOp::And => Value::Bool(truthy(&left) && truthy(&*self.eval(right)?)),
             _ => {
                 let right = self.eval(right)?;
+                // Comparing, searching and concatenating walk their operands.
+                self.spend(shallow_size(&left) + shallow_size(&right))?;
                 match op {
-                    BinaryOp::Eq => Value::Bool(equal(&left, &right)),
-                    BinaryOp::Ne => Value::Bool(!equal(&left, &right)),
-                    BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
-                        let ordering = compare(&left, &right)
-                            .ok_or_else(|| invalid(format!("cannot compare {} with {}", kind(&left), kind(&right))))?;
-                        Value::Bool(match op {
-                            BinaryOp::Lt => ordering.is_lt(),
-                            BinaryOp::Le => ordering.is_le(),
-                            BinaryOp::Gt => ordering.is_gt(),
-                            _ => ordering.is_ge(),
-                        })
-                    }
+                    BinaryOp::Eq => Value::Bool(compare(&left, &right).is_eq()),
+                    BinaryOp::Ne => Value::Bool(compare(&left, &right).is_ne()),
+                    BinaryOp::Lt => Value::Bool(compare(&left, &right).is_lt()),
+                    BinaryOp::Le => Value::Bool(compare(&left, &right).is_le()),
+                    BinaryOp::Gt => Value::Bool(compare(&left, &right).is_gt()),
+                    BinaryOp::Ge => Value::Bool(compare(&left, &right).is_ge()),
                     BinaryOp::In => Value::Bool(contains(&right, &left)?),
                     _ => arithmetic(op, &left, &right)?,
                 }
@@ -333,13 +372,49 @@ fn describe_steps(name: &str, steps: &[Step]) -> String {
     format!("`{path}`")
 }
 
-/// How a value prints: strings as they are (JSON-escaped with `escape_characters`), everything else as JSON.
+/// How a value prints, as in inja: strings as they are (JSON-escaped with `escape_characters`), `null` as
+/// nothing, everything else as JSON.
 fn print(out: &mut String, value: &Value, escape: bool) {
     match value {
         Value::String(text) if escape => out.push_str(&json_escape(text)),
         Value::String(text) => out.push_str(text),
+        Value::Null => {}
         other => out.push_str(&other.to_string()),
     }
+}
+
+/// What a value costs to walk at its top level: the bytes of a string, the items of an array or object.
+fn shallow_size(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.len(),
+        Value::Object(map) => map.len(),
+        _ => 1,
+    }
+}
+
+/// What a copy of a value costs (its text bytes, and 32 a value: about what one takes in memory), counted until it
+/// passes `cap`, and how deep it nests (counted until it passes `MAX_VALUE_DEPTH`).
+fn measure(value: &Value, cap: usize) -> (usize, usize) {
+    fn visit(value: &Value, depth: usize, cap: usize, weight: &mut usize, deepest: &mut usize) {
+        *weight += 32;
+        *deepest = (*deepest).max(depth);
+        if *weight > cap || depth > MAX_VALUE_DEPTH {
+            return;
+        }
+        match value {
+            Value::String(s) => *weight += s.len(),
+            Value::Array(items) => items.iter().for_each(|item| visit(item, depth + 1, cap, weight, deepest)),
+            Value::Object(map) => map.iter().for_each(|(key, item)| {
+                *weight += key.len();
+                visit(item, depth + 1, cap, weight, deepest);
+            }),
+            _ => {}
+        }
+    }
+    let (mut weight, mut deepest) = (0, 0);
+    visit(value, 1, cap, &mut weight, &mut deepest);
+    (weight, deepest)
 }
 
 /// A string's JSON escape without the quotes.
@@ -401,45 +476,65 @@ fn number(value: &Value) -> Option<Number> {
     })
 }
 
-/// Equality with numbers compared by value (`1 == 1.0`).
-fn equal(left: &Value, right: &Value) -> bool {
-    match (number(left), number(right)) {
-        (Some(Number::Int(a)), Some(Number::Int(b))) => a == b,
-        (Some(a), Some(b)) => a.float() == b.float(),
-        _ => left == right,
-    }
-}
-
-/// Order between numbers, or between strings, or between booleans; other pairs have none.
-fn compare(left: &Value, right: &Value) -> Option<Ordering> {
-    match (left, right) {
-        (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
-        (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
-        _ => match (number(left)?, number(right)?) {
-            (Number::Int(a), Number::Int(b)) => Some(a.cmp(&b)),
-            (a, b) => a.float().partial_cmp(&b.float()),
-        },
-    }
-}
-
-/// A total order for `sort`, `max` and `min`: by kind (null, booleans, numbers, strings, arrays, objects), then
-/// by value within the kinds that have one.
-fn sort_order(left: &Value, right: &Value) -> Ordering {
+/// inja's (nlohmann's) order: by kind (null, booleans, numbers, objects, arrays, strings), then by value, numbers
+/// by their exact values whether whole or not, arrays and objects item by item. A total order, as `sort` needs;
+/// `1 == 1.0`.
+fn compare(left: &Value, right: &Value) -> Ordering {
     let rank = |v: &Value| match v {
         Value::Null => 0,
         Value::Bool(_) => 1,
         Value::Number(_) => 2,
-        Value::String(_) => 3,
+        Value::Object(_) => 3,
         Value::Array(_) => 4,
-        Value::Object(_) => 5,
+        Value::String(_) => 5,
     };
-    rank(left).cmp(&rank(right)).then_with(|| compare(left, right).unwrap_or(Ordering::Equal))
+    match (left, right) {
+        (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+        (Value::Number(_), Value::Number(_)) => match (number(left), number(right)) {
+            (Some(a), Some(b)) => compare_numbers(a, b),
+            _ => Ordering::Equal,
+        },
+        (Value::String(a), Value::String(b)) => a.cmp(b),
+        (Value::Array(a), Value::Array(b)) => {
+            a.iter().zip(b).map(|(x, y)| compare(x, y)).find(|o| o.is_ne()).unwrap_or_else(|| a.len().cmp(&b.len()))
+        }
+        (Value::Object(a), Value::Object(b)) => a
+            .iter()
+            .zip(b)
+            .map(|((ka, va), (kb, vb))| ka.cmp(kb).then_with(|| compare(va, vb)))
+            .find(|o| o.is_ne())
+            .unwrap_or_else(|| a.len().cmp(&b.len())),
+        _ => rank(left).cmp(&rank(right)),
+    }
+}
+
+fn compare_numbers(a: Number, b: Number) -> Ordering {
+    match (a, b) {
+        (Number::Int(x), Number::Int(y)) => x.cmp(&y),
+        (Number::Float(x), Number::Float(y)) => x.total_cmp(&y),
+        (Number::Int(x), Number::Float(y)) => compare_int_float(x, y),
+        (Number::Float(x), Number::Int(y)) => compare_int_float(y, x).reverse(),
+    }
+}
+
+/// An integer against a float, exactly (converting either way can round).
+fn compare_int_float(int: i64, float: f64) -> Ordering {
+    // ±2^63 are exact floats; between them a float's whole part converts to i64 exactly.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    if float >= LIMIT {
+        return Ordering::Less;
+    }
+    if float < -LIMIT {
+        return Ordering::Greater;
+    }
+    let whole = float.trunc();
+    int.cmp(&(whole as i64)).then_with(|| 0.0_f64.total_cmp(&(float - whole)))
 }
 
 /// `needle in haystack`: an element of an array, a key of an object, a substring of a string.
 fn contains(haystack: &Value, needle: &Value) -> Result<bool> {
     match haystack {
-        Value::Array(items) => Ok(items.iter().any(|item| equal(item, needle))),
+        Value::Array(items) => Ok(items.iter().any(|item| compare(item, needle).is_eq())),
         Value::Object(map) => Ok(needle.as_str().is_some_and(|key| map.contains_key(key))),
         Value::String(text) => Ok(text.contains(&*text_of(needle))),
         other => Err(invalid(format!("`in` needs an array, an object or a string, not {}", kind(other)))),
@@ -447,17 +542,8 @@ fn contains(haystack: &Value, needle: &Value) -> Result<bool> {
 }
 
 fn arithmetic(op: BinaryOp, left: &Value, right: &Value) -> Result<Value> {
-    match (op, left, right) {
-        (BinaryOp::Add, Value::String(a), Value::String(b)) => {
-            too_large(a.len() + b.len())?;
-            return Ok(Value::String(format!("{a}{b}")));
-        }
-        (BinaryOp::Add, Value::Array(a), Value::Array(b)) => {
-            // Elements count as bytes here: a coarse bound, enough against doubling in a loop.
-            too_large(a.len() + b.len())?;
-            return Ok(Value::Array(a.iter().chain(b).cloned().collect()));
-        }
-        _ => {}
+    if let (BinaryOp::Add, Value::String(a), Value::String(b)) = (op, left, right) {
+        return Ok(Value::String(format!("{a}{b}")));
     }
     let (Some(a), Some(b)) = (number(left), number(right)) else {
         return Err(invalid(format!("cannot compute with {} and {}", kind(left), kind(right))));
@@ -558,7 +644,10 @@ static FUNCTIONS: &[(&str, usize, usize, Function)] = &[
             other => other.to_string(),
         })
     }),
-    ("word_count", 1, 1, |_, a| Ok(Cow::Owned(Value::from(word_count(arg(&a, 0)))))),
+    ("word_count", 1, 1, |r, a| {
+        r.spend(measure(arg(&a, 0), MAX_WORK).0)?;
+        Ok(Cow::Owned(Value::from(word_count(arg(&a, 0)))))
+    }),
     // ---- inja's built-in functions ---------------------------------------------------------------------------
     ("upper", 1, 1, |_, a| text(str_at(&a, 0).to_uppercase())),
     ("lower", 1, 1, |_, a| text(str_at(&a, 0).to_lowercase())),
@@ -567,11 +656,11 @@ static FUNCTIONS: &[(&str, usize, usize, Function)] = &[
         let mut chars = lower.chars();
         text(chars.next().map(|c| c.to_uppercase().chain(chars).collect::<String>()).unwrap_or_default())
     }),
-    ("replace", 3, 3, |_, a| {
+    ("replace", 3, 3, |r, a| {
         let (input, from, to) = (str_at(&a, 0), str_at(&a, 1), str_at(&a, 2));
-        // An empty `from` matches around every character.
+        // Charged before the result is built: an empty `from` matches around every character.
         let matches = if from.is_empty() { input.chars().count() + 1 } else { input.matches(&*from).count() };
-        too_large(input.len() + matches.saturating_mul(to.len()))?;
+        r.spend(input.len().saturating_add(matches.saturating_mul(to.len())))?;
         text(input.replace(&*from, &to))
     }),
     ("exists", 1, 1, |r, a| {
@@ -579,7 +668,7 @@ static FUNCTIONS: &[(&str, usize, usize, Function)] = &[
         let mut parts = path.split(['.', '/']).filter(|p| !p.is_empty());
         let name = parts.next().unwrap_or_default();
         let steps: Vec<Step> = parts.map(Step::key).collect();
-        boolean(!name.is_empty() && r.variable_owned(name, &steps).is_some())
+        boolean(!name.is_empty() && r.variable(name, &steps).is_ok())
     }),
     ("existsIn", 2, 2, |_, a| boolean(arg(&a, 0).as_object().is_some_and(|m| m.contains_key(&*str_at(&a, 1))))),
     ("at", 2, 2, |_, mut a| {
@@ -594,7 +683,7 @@ static FUNCTIONS: &[(&str, usize, usize, Function)] = &[
     }),
     ("length", 1, 1, |_, a| {
         let n = match arg(&a, 0) {
-            Value::String(s) => s.chars().count(),
+            Value::String(s) => s.len(),
             Value::Array(items) => items.len(),
             Value::Object(map) => map.len(),
             other => return Err(invalid(format!("length of {}", kind(other)))),
@@ -646,7 +735,7 @@ static FUNCTIONS: &[(&str, usize, usize, Function)] = &[
     }),
     ("sort", 1, 1, |_, a| {
         let mut items = array(arg(&a, 0), "sort")?.clone();
-        items.sort_by(sort_order);
+        items.sort_by(compare);
         Ok(Cow::Owned(Value::Array(items)))
     }),
     ("max", 1, 1, |_, a| extreme(a, Ordering::Greater)),
@@ -677,17 +766,6 @@ fn resolve(name: &str) -> Option<(usize, usize, usize)> {
 /// Whether templates can call `name` (a name that is not a function comes from the JSON context).
 pub fn is_function(name: &str) -> bool {
     FUNCTIONS.iter().any(|(n, ..)| *n == name)
-}
-
-impl<'a> Renderer<'a> {
-    /// `variable` for a path built at render time (`exists("a.b")`).
-    fn variable_owned(&self, name: &str, steps: &[Step]) -> Option<Value> {
-        let root = match self.locals.iter().rev().find(|(n, _)| *n == name) {
-            Some((_, local)) => Some(&**local),
-            None => self.data.context.as_object().and_then(|map| map.get(name)),
-        };
-        root.and_then(|v| walk(v, steps)).cloned()
-    }
 }
 
 fn arg<'v>(args: &'v [Cow<'_, Value>], index: usize) -> &'v Value {
@@ -735,7 +813,7 @@ fn extreme(mut args: Vec<Cow<'_, Value>>, wanted: Ordering) -> Result<Cow<'_, Va
     let value = args.pop().unwrap_or(Cow::Owned(Value::Null));
     let items = array(&value, "max/min")?;
     let best =
-        items.iter().enumerate().reduce(|best, item| if sort_order(item.1, best.1) == wanted { item } else { best });
+        items.iter().enumerate().reduce(|best, item| if compare(item.1, best.1) == wanted { item } else { best });
     match best {
         Some((index, _)) => descend(value, &[Step::at(index)]).ok_or_else(|| invalid("max/min")),
         None => Ok(Cow::Owned(Value::Null)),
@@ -892,10 +970,7 @@ mod tests {
         assert_eq!(render("{% for k, v in obj %}{{ k }}={{ v }}{% endfor %}"), "k=v");
         assert_eq!(render("{% set x = \"y\" %}{{ x }}"), "y");
         assert_eq!(render("{% if n > 3 %}big{% else if n > 2 %}mid{% else %}small{% endif %}"), "mid");
-        assert_eq!(
-            render("{{ obj }}|{{ items }}|{{ true }}|{{ null }}|{{ n }}"),
-            "{\"k\":\"v\"}|[3,1,2]|true|null|2.5"
-        );
+        assert_eq!(render("{{ obj }}|{{ items }}|{{ true }}|{{ null }}|{{ n }}"), "{\"k\":\"v\"}|[3,1,2]|true||2.5");
         assert_eq!(render("line\n"), "line\n");
         assert_eq!(render("{{ items.0 }}"), "3");
     }
@@ -955,11 +1030,11 @@ mod tests {
         let cases = [
             (
                 "{{ a }}|{{ a.b }}|{{ a.b.1.c }}|{{ a.b[-1] }}|{{ list.0.k }}|{{ s }}|{{ e }}|{{ z }}",
-                r#"{"b":[1,{"c":"x"},null]}|[1,{"c":"x"},null]|x|null|2|t|{}|[]"#,
+                r#"{"b":[1,{"c":"x"},null]}|[1,{"c":"x"},null]|x||2|t|{}|[]"#,
             ),
             (
                 "{% for x in a.b %}{{ loop.index }}{{ x }};{% endfor %}{% for k in a %}{{ k }}{% endfor %}",
-                r#"01;1{"c":"x"};2null;b"#,
+                r#"01;1{"c":"x"};2;b"#,
             ),
             ("{% for k, v in list.1 %}{{ k }}={{ v }}{% endfor %}|{{ length(list) }}|{{ length(a) }}", "k=1|2|1"),
             (
@@ -991,6 +1066,11 @@ mod tests {
             "-2.5|5|aAnn|true|true"
         );
         assert_eq!(render("{{ not true or true }}|{{ not (true or true) }}|{{ 1 < 2 and 2 <= 2 }}"), "true|false|true");
+        // inja's precedence: `and` and `or` are one level, left to right; `not` binds tighter than comparisons.
+        assert_eq!(
+            render("{{ true or true and false }}|{{ not 1 == 2 }}|{{ -2 ^ 2 }}|{{ 2 ^ 3 ^ 2 }}"),
+            "false|false|4|512"
+        );
         assert_eq!(
             render("{{ 3 in items }}|{{ 4 in items }}|{{ \"k\" in obj }}|{{ \"xx\" in name }}"),
             "true|false|true|false"
@@ -998,12 +1078,33 @@ mod tests {
         assert_eq!(render("{{ [1, \"a\", null] }}|{{ {\"k\": [n]} }}"), r#"[1,"a",null]|{"k":[2.5]}"#);
         assert!(render_with("{{ 1 / 0 }}", false, false).unwrap_err().contains("division by zero"));
         assert!(render_with("{{ name - 1 }}", false, false).unwrap_err().contains("cannot compute"));
-        assert!(render_with("{{ name < 1 }}", false, false).unwrap_err().contains("cannot compare"));
+        // Values of different kinds compare by kind, as in inja: null, booleans, numbers, objects, arrays, strings.
+        assert_eq!(
+            render("{{ name < 1 }}|{{ null < 0 }}|{{ obj < items }}|{{ 2 < 2.5 }}|{{ [1, 2] == [1, 2.0] }}"),
+            "false|true|true|true|true"
+        );
+        // Whole numbers and floats mixed beyond 2^53 still sort consistently (an inconsistent order can panic).
+        let mixed = ["9007199254740993, 9007199254740992.0, 9007199254740992, 1.5, 2, \"a\", null"; 6].join(", ");
+        let sorted = render(&format!("{{{{ sort([{mixed}]) }}}}"));
+        assert!(sorted.starts_with("[null,null,null,null,null,null,1.5,1.5,"), "{sorted}");
+        assert!(sorted.ends_with("9007199254740993,\"a\",\"a\",\"a\",\"a\",\"a\",\"a\"]"), "{sorted}");
     }
 
     #[test]
     fn statements_comments_and_whitespace_control() {
-        assert_eq!(render("a {#- gone -#} b|{{- \" x \" -}} |{% if true -%}  y  {%- endif %}"), "ab| x |y");
+        // inja's whitespace control: `{{-` drops the spaces and tabs ending a line that has nothing else, `-}}` the
+        // spaces and tabs after it and one newline.
+        assert_eq!(render("a {#- gone -#} b|{{- \" x \" -}} |{% if true -%}  y  {%- endif %}"), "a b| x |y  ");
+        assert_eq!(render("line\n    {%- if true -%}\n  yes\n{%- endif %}\nend"), "line\n  yes\n\nend");
+        assert_eq!(
+            render("{% if(true) %}x{% else if(false) %}y{% endif %}|{% for x\tin\titems %}{{ x }}{% endfor %}"),
+            "x|312"
+        );
+        // `set` is global, as in inja.
+        assert_eq!(
+            render("{% for x in items %}{% if loop.is_first %}{% set f = x %}{% endif %}{{ f }}{% endfor %}"),
+            "333"
+        );
         assert_eq!(
             render(
                 "{% for x in items %}{% for y in range(2) %}{{ loop.index }}{% endfor %}{{ loop.index1 }};{% endfor %}"
@@ -1023,19 +1124,37 @@ mod tests {
         assert!(render_with(&deep_expression, false, false).unwrap_err().contains("nested too deeply"));
         assert!(render_with(&deep_blocks, false, false).unwrap_err().contains("nested too deeply"));
         assert!(render_with(&format!("{{{{ {}1 }}}}", "not ".repeat(100)), false, false).is_err());
-        let quadratic = "{% for a in range(2000) %}{% for b in range(1000) %}{% endfor %}{% endfor %}";
-        assert!(render_with(quadratic, false, false).unwrap_err().contains("more than 1000000 loop iterations"));
-        let doubling = "{% set s = \"ab\" %}{% for i in range(30) %}{% set s = s + s %}{% endfor %}{{ length(s) }}";
-        assert!(render_with(doubling, false, false).unwrap_err().contains("over 16 MiB"));
+        let long_chain = format!("{{{{ {}1 }}}}", "1 + ".repeat(100));
+        let long_postfix = format!("{{{{ items{} }}}}", "[0]".repeat(100));
+        assert!(render_with(&long_chain, false, false).unwrap_err().contains("nested too deeply"));
+        assert!(render_with(&long_postfix, false, false).unwrap_err().contains("nested too deeply"));
+        // Work and value depth are bounded, whatever the template does.
+        let over_budget = "units of work";
+        let quadratic = "{% for a in range(5000) %}{% for b in range(1000) %}{% endfor %}{% endfor %}";
+        assert!(render_with(quadratic, false, false).unwrap_err().contains(over_budget));
+        let doubling = "{% set s = \"ab\" %}{% for i in range(40) %}{% set s = s + s %}{% endfor %}{{ length(s) }}";
+        assert!(render_with(doubling, false, false).unwrap_err().contains(over_budget));
+        let copies = "{% set a = [1] %}{% for i in range(40) %}{% set a = [a, a] %}{% endfor %}";
+        assert!(render_with(copies, false, false).unwrap_err().contains(over_budget));
         let grow = "{% set s = \"0123456789\" %}{% for i in range(5) %}{% set s = s + s %}{% endfor %}";
-        let output = format!("{grow}{{% for i in range(100000) %}}{{{{ s }}}}{{% endfor %}}");
-        assert!(render_with(&output, false, false).unwrap_err().contains("over 16 MiB"));
+        let output = format!("{grow}{{% for i in range(100000) %}}{{{{ s }}}}{{{{ s }}}}{{% endfor %}}");
+        let err = render_with(&output, false, false).unwrap_err();
+        assert!(err.contains(over_budget), "{err}");
+        let text = format!("{{% for i in range(100000) %}}{}{{% endfor %}}", "x".repeat(1000));
+        assert!(render_with(&text, false, false).unwrap_err().contains(over_budget));
+        let deep = "{% set a = 1 %}{% for i in range(200) %}{% set a = [a] %}{% endfor %}";
+        assert!(render_with(deep, false, false).unwrap_err().contains("nested deeper than 128"));
         let replaced = "{{ replace(\"xxxxxxxxxxxxxxxx\", \"x\", body()) }}";
         assert_eq!(render_with(replaced, false, false).unwrap().len(), 16 * 15);
         assert!(render_with("{{ replace(\"x\", \"\", body()) }}", false, false).is_ok());
-        for bad in
-            ["{% if true %}x", "{% for x in items %}x{% endif %}", "{% endfor %}", "{% set 1 = 2 %}", "{% while %}"]
-        {
+        for bad in [
+            "{% if true %}x",
+            "{% for x in items %}x{% endif %}",
+            "{% endfor %}",
+            "{% set 1 = 2 %}",
+            "{% while %}",
+            "{{ \"\\u41\" }}",
+        ] {
             let err = render_with(bad, false, false).unwrap_err();
             assert!(err.starts_with("syntax error: ") && err.contains("(in t:1)"), "{bad}: {err}");
         }
@@ -1048,11 +1167,12 @@ mod tests {
         let cases = [
             ("{{ my-extractor }}|{{ a.my-key.0 }}|{{ x.y- 1 }}|{{ x.y -1 }}", false, "v|z|2|2"),
             ("{{ \"}}\" }}|{{ 'a-b' }}|{{ \"q\\\"\\u00e9\" }}", false, "}}|a-b|q\"\u{e9}"),
+            ("{{ \"\\d\\ud83d\\ude00\\ud800\" }}|{{ length(\"\u{e9}\") }}", false, "\\d\u{1f600}\u{fffd}|2"),
             ("{{ time/start }}|{{ a.b }}", true, "5|1"),
             (
-                "start\n## for x in a.my-key\n{{ x }},\n  ## endfor\nend ## not a statement\n",
+                "start\n## for x in a.my-key\n{{ x }},\n## endfor\nend ## not a statement\n  ## nor this\n",
                 false,
-                "start\nz,\nend ## not a statement\n",
+                "start\nz,\nend ## not a statement\n  ## nor this\n",
             ),
         ];
         for (source, pointer, expected) in cases {
