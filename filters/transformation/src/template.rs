@@ -757,10 +757,7 @@ static FUNCTIONS: &[(&str, usize, usize, Function)] = &[
 
 /// The parser's view of `FUNCTIONS`: index and argument counts.
 fn resolve(name: &str) -> Option<(usize, usize, usize)> {
-    FUNCTIONS
-        .iter()
-        .position(|(n, ..)| *n == name)
-        .and_then(|i| FUNCTIONS.get(i).map(|(_, min, max, _)| (i, *min, *max)))
+    FUNCTIONS.iter().enumerate().find(|(_, (n, ..))| *n == name).map(|(i, (_, min, max, _))| (i, *min, *max))
 }
 
 /// Whether templates can call `name` (a name that is not a function comes from the JSON context).
