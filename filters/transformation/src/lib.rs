@@ -4,6 +4,7 @@ pub mod body;
 pub mod config;
 pub mod extractor;
 mod filter;
+pub mod functions;
 pub mod inja;
 pub mod template;
 pub mod transform;

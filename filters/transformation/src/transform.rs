@@ -11,7 +11,8 @@ use shared::ConfigError;
 
 use crate::body::set_dotted;
 use crate::extractor::{Extractor, Source};
-use crate::template::{is_function, RenderData, Templates};
+use crate::functions::is_function;
+use crate::template::{RenderData, Templates};
 
 /// Which part of a transformation to run. Envoy's Wasm ABI cannot change headers once the body is being read
 /// (a paused headers callback withholds the body), so a transformation that needs the body runs twice: its header
