@@ -10,8 +10,7 @@ use serde_json::Value;
 
 use crate::inja::Step;
 use crate::template::{
-    compare, descend, invalid, json_escape, kind, measure, number, text_of, Number, RenderData, Renderer, Result,
-    MAX_WORK,
+    compare, invalid, json_escape, kind, measure, number, pick, text_of, Number, RenderData, Renderer, Result, MAX_WORK,
 };
 
 /// A function: the renderer (for the message) and the evaluated arguments, whose count the parser checked.
@@ -112,12 +111,12 @@ pub(crate) static FUNCTIONS: &[(&str, usize, usize, Function)] = &[
     ("at", 2, 2, |_, mut a| {
         let key = a.pop().unwrap_or(Cow::Owned(Value::Null));
         let target = a.pop().unwrap_or(Cow::Owned(Value::Null));
-        let step = match (&*target, &*key) {
-            (Value::Array(_), Value::Number(n)) => n.as_u64().and_then(|i| usize::try_from(i).ok()).map(Step::at),
-            (Value::Object(_), Value::String(k)) => Some(Step::key(k)),
+        let found = pick(target, |value| match (value, &*key) {
+            (Value::Array(items), Value::Number(n)) => items.get(usize::try_from(n.as_u64()?).ok()?),
+            (Value::Object(map), Value::String(k)) => map.get(k),
             _ => None,
-        };
-        step.and_then(|s| descend(target, std::slice::from_ref(&s))).ok_or_else(|| invalid(format!("no element {key}")))
+        });
+        found.ok_or_else(|| invalid(format!("no element {key}")))
     }),
     ("length", 1, 1, |_, a| {
         let n = match arg(&a, 0) {
@@ -241,7 +240,7 @@ fn end_item(mut args: Vec<Cow<'_, Value>>, first: bool) -> Result<Cow<'_, Value>
     }
     let length = array(&value, if first { "first" } else { "last" })?.len();
     let index = if first { 0 } else { length.checked_sub(1).ok_or_else(empty)? };
-    descend(value, &[Step::at(index)]).ok_or_else(empty)
+    pick(value, |v| v.get(index)).ok_or_else(empty)
 }
 
 fn extreme(mut args: Vec<Cow<'_, Value>>, wanted: Ordering) -> Result<Cow<'_, Value>> {
@@ -250,7 +249,7 @@ fn extreme(mut args: Vec<Cow<'_, Value>>, wanted: Ordering) -> Result<Cow<'_, Va
     let best =
         items.iter().enumerate().reduce(|best, item| if compare(item.1, best.1) == wanted { item } else { best });
     match best {
-        Some((index, _)) => descend(value, &[Step::at(index)]).ok_or_else(|| invalid("max/min")),
+        Some((index, _)) => pick(value, |v| v.get(index)).ok_or_else(|| invalid("max/min")),
         None => Ok(Cow::Owned(Value::Null)),
     }
 }

@@ -52,10 +52,6 @@ impl Step {
         let index = if key.bytes().all(|b| b.is_ascii_digit()) { key.parse().ok() } else { None };
         Step { key: key.to_string(), index }
     }
-
-    pub fn at(index: usize) -> Self {
-        Step { key: index.to_string(), index: Some(index) }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -213,19 +213,16 @@ impl<'a> Renderer<'a> {
             Expr::Index(target, index) => {
                 let target = self.eval(target)?;
                 let index = self.eval(index)?;
-                let step = match (&*target, &*index) {
-                    (Value::Object(_), Value::String(key)) => Some(Step::key(key)),
-                    (Value::Array(items), Value::Number(n)) => n
-                        .as_i64()
-                        .and_then(|i| {
-                            // Negative indexes count from the end.
-                            let i = if i < 0 { i.checked_add(i64::try_from(items.len()).ok()?)? } else { i };
-                            usize::try_from(i).ok()
-                        })
-                        .map(Step::at),
+                let found = pick(target, |value| match (value, &*index) {
+                    (Value::Object(map), Value::String(key)) => map.get(key),
+                    (Value::Array(items), Value::Number(n)) => {
+                        // Negative indexes count from the end.
+                        let i = n.as_i64()?;
+                        let i = if i < 0 { i.checked_add(i64::try_from(items.len()).ok()?)? } else { i };
+                        items.get(usize::try_from(i).ok()?)
+                    }
                     _ => None,
-                };
-                let found = step.and_then(|s| descend(target, std::slice::from_ref(&s)));
+                });
                 self.charge(found.ok_or_else(|| undefined(&format!("element {index}")))?)
             }
             Expr::Not(inner) => Ok(Cow::Owned(Value::Bool(!truthy(&*self.eval(inner)?)))),
@@ -356,10 +353,15 @@ fn walk<'v>(mut node: &'v Value, steps: &[Step]) -> Option<&'v Value> {
 }
 
 /// `walk` on a value that may be owned (then the part found is copied out).
-pub(crate) fn descend<'v>(value: Cow<'v, Value>, steps: &[Step]) -> Option<Cow<'v, Value>> {
+fn descend<'v>(value: Cow<'v, Value>, steps: &[Step]) -> Option<Cow<'v, Value>> {
+    pick(value, |v| walk(v, steps))
+}
+
+/// The part of a value that `part` finds: borrowed from a borrowed value, copied out of an owned one.
+pub(crate) fn pick<'v>(value: Cow<'v, Value>, part: impl Fn(&Value) -> Option<&Value>) -> Option<Cow<'v, Value>> {
     match value {
-        Cow::Borrowed(v) => walk(v, steps).map(Cow::Borrowed),
-        Cow::Owned(v) => walk(&v, steps).map(|found| Cow::Owned(found.clone())),
+        Cow::Borrowed(v) => part(v).map(Cow::Borrowed),
+        Cow::Owned(v) => part(&v).map(|found| Cow::Owned(found.clone())),
     }
 }
 
