@@ -1,7 +1,8 @@
 //! Helpers shared by every filter of the set.
 //!
 //! Everything here except [`host`] is pure logic that runs and is unit-tested on the host with `cargo test`.
-//! [`host`] is the thin adapter over proxy-wasm hostcalls; only the filters' `filter.rs` glue calls it.
+//! [`host`] is the one seam to Envoy: the `Host` trait, its proxy-wasm implementation (the only code that calls
+//! the ABI), a `FakeHost` for tests, and the adapter that runs every filter's `Stream` in proxy-wasm.
 
 pub mod body;
 pub mod clock;
@@ -12,9 +13,11 @@ pub mod metrics;
 pub mod pairs;
 pub mod reply;
 pub mod request;
+pub mod store;
 pub mod units;
 
 pub use config::ConfigError;
+pub use host::{Flow, Host, HostError, HostResult, Side};
 pub use matcher::RouteMatch;
 pub use reply::LocalReply;
 pub use request::RequestHeaders;

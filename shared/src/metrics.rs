@@ -1,7 +1,7 @@
 //! Counters and gauges named `<filter>.<scope>.<event>`, defined once in the root context and shown by Envoy
 //! under `/stats` (Envoy prefixes custom Wasm metrics with `wasmcustom.`).
 //!
-//! In Envoy the calls go to proxy-wasm hostcalls. In host unit tests they go to an in-memory registry, so that
+//! In Envoy the calls go to the host layer's ABI ([`crate::host::abi`]). In host unit tests they go to an in-memory registry, so that
 //! logic that counts can be tested without a host.
 
 /// Builds a metric name from its parts, replacing characters that would break Envoy's dotted stat names.
@@ -56,8 +56,7 @@ impl Gauge {
 
 #[cfg(target_arch = "wasm32")]
 mod backend {
-    use proxy_wasm::hostcalls;
-    use proxy_wasm::types::MetricType;
+    use crate::host::abi;
 
     pub enum Kind {
         Counter,
@@ -66,24 +65,25 @@ mod backend {
 
     pub fn define(kind: Kind, name: &str) -> Option<u32> {
         let kind = match kind {
-            Kind::Counter => MetricType::Counter,
-            Kind::Gauge => MetricType::Gauge,
+            Kind::Counter => abi::metric::COUNTER,
+            Kind::Gauge => abi::metric::GAUGE,
         };
-        match hostcalls::define_metric(kind, name) {
+        match abi::define_metric(kind, name) {
             Ok(id) => Some(id),
-            Err(status) => {
-                log::error!("metric {name} could not be defined: {status:?}");
+            Err(err) => {
+                log::error!("metric {name} could not be defined: {err}");
                 None
             }
         }
     }
 
+    // A refused update is not worth failing or logging a request for.
     pub fn increment(id: u32, by: i64) {
-        let _ = hostcalls::increment_metric(id, by);
+        let _ = abi::increment_metric(id, by);
     }
 
     pub fn record(id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
+        let _ = abi::record_metric(id, value);
     }
 }
 

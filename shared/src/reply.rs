@@ -14,6 +14,9 @@ pub struct LocalReply {
     pub body: Vec<u8>,
     /// Set for gRPC requests: Envoy then answers with this grpc-status and the body as grpc-message.
     pub grpc_status: Option<u32>,
+    /// Envoy's response-code details (`%RESPONSE_CODE_DETAILS%` in access logs): the filter and the reason, e.g.
+    /// `ratelimit_limited`. No spaces.
+    pub details: String,
 }
 
 /// gRPC status codes used by the filters.
@@ -39,6 +42,7 @@ impl LocalReply {
                 headers: Vec::new(),
                 body: message.as_bytes().to_vec(),
                 grpc_status: Some(grpc_status_for(status)),
+                details: format!("{filter}_error"),
             };
         }
         let body = json!({"error": message, "filter": filter}).to_string().into_bytes();
@@ -47,16 +51,18 @@ impl LocalReply {
             headers: vec![("content-type".to_string(), "application/json".to_string())],
             body,
             grpc_status: None,
+            details: format!("{filter}_error"),
         }
     }
 
-    /// A successful JSON reply (e.g. `202 {"subject": ...}`).
-    pub fn json(status: u32, body: &serde_json::Value) -> Self {
+    /// A successful JSON reply (e.g. `202 {"subject": ...}`) with its response-code details.
+    pub fn json(status: u32, body: &serde_json::Value, details: &str) -> Self {
         LocalReply {
             status,
             headers: vec![("content-type".to_string(), "application/json".to_string())],
             body: body.to_string().into_bytes(),
             grpc_status: None,
+            details: details.to_string(),
         }
     }
 
@@ -65,6 +71,12 @@ impl LocalReply {
         if self.grpc_status.is_some() {
             self.grpc_status = Some(code);
         }
+        self
+    }
+
+    /// Sets the response-code details (`<filter>_<reason>`, no spaces), e.g. `ratelimit_limited`.
+    pub fn with_details(mut self, details: &str) -> Self {
+        self.details = details.to_string();
         self
     }
 
@@ -103,6 +115,8 @@ mod tests {
         assert_eq!(reply.headers, vec![("content-type".to_string(), "application/json".to_string())]);
         let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(body, json!({"error": "bad \"subject\"", "filter": "nats"}));
+        assert_eq!(reply.details, "nats_error");
+        assert_eq!(reply.with_details("nats_bad_subject").details, "nats_bad_subject");
     }
 
     #[test]
@@ -128,7 +142,7 @@ mod tests {
 
     #[test]
     fn json_replies_and_extra_headers() {
-        let reply = LocalReply::json(202, &json!({"subject": "a.b"})).with_header("retry-after", "1");
+        let reply = LocalReply::json(202, &json!({"subject": "a.b"}), "nats_published").with_header("retry-after", "1");
         assert_eq!(reply.status, 202);
         assert_eq!(reply.body, br#"{"subject":"a.b"}"#);
         assert!(reply.headers.contains(&("retry-after".to_string(), "1".to_string())));
