@@ -1,5 +1,5 @@
-//! The signer against AWS's own SigV4 test suites, read from `../shared/testdata` (relative to the project root;
-//! see its README). Every case of both suites is run; for each, the canonical request, the string to sign and the
+//! The signer against AWS's own SigV4 test suites, kept in `filters/aws/testdata` (see its README for origin and
+//! licence). Every case of both suites is run; for each, the canonical request, the string to sign and the
 //! signature must match where the suite gives them.
 //!
 //! How a case is fed to the signer: the request line's path is the path as sent; headers as written (folded
@@ -26,8 +26,7 @@ const ACCESS_KEY: &str = "AKIDEXAMPLE";
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 
 fn testdata() -> PathBuf {
-    // filters/aws -> project root -> ../shared/testdata
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
 }
 
 struct Parsed {
@@ -138,7 +137,7 @@ fn read(path: &Path) -> String {
 
 fn sorted_dirs(dir: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (the test data lives in ../shared/testdata)", dir.display()))
+        .unwrap_or_else(|e| panic!("{}: {e} (the test data lives in filters/aws/testdata)", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_dir())
         .collect();
