@@ -4,6 +4,9 @@
 //! Tests steer the answer through request headers, so that response-side behaviour can be exercised through
 //! Envoy: `x-echo-status: 503`, `x-echo-header: name: value` (repeatable), `x-echo-body: text` or
 //! `x-echo-body-base64: bytes in base64` (replaces the JSON). Every request is also recorded for the test to inspect.
+//!
+//! An HTTP/1.1 request with `upgrade` (e.g. a WebSocket handshake) gets `101 Switching Protocols`, and the
+//! upgraded connection then echoes every byte back.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -78,16 +81,19 @@ async fn serve(listener: TcpListener, received: Arc<Mutex<Vec<Received>>>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| answer(request, received.clone()));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
 }
 
 async fn answer(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     received: Arc<Mutex<Vec<Received>>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(protocol) = request.headers().get("upgrade").cloned() {
+        return Ok(switch_protocols(&mut request, protocol, &received));
+    }
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
     let headers: Vec<(String, String)> = parts
@@ -123,6 +129,36 @@ async fn answer(
         }
     };
     Ok(response.body(Full::new(Bytes::from(body))).unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+}
+
+/// Answers an upgrade request with 101 and echoes the upgraded connection's bytes.
+fn switch_protocols(
+    request: &mut Request<Incoming>,
+    protocol: hyper::header::HeaderValue,
+    received: &Arc<Mutex<Vec<Received>>>,
+) -> Response<Full<Bytes>> {
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let path = request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    if let Ok(mut list) = received.lock() {
+        list.push(Received { method: request.method().to_string(), path, headers, body: Vec::new() });
+    }
+    let upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        let (mut reader, mut writer) = tokio::io::split(&mut io);
+        let _ = tokio::io::copy(&mut reader, &mut writer).await;
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", protocol)
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
 fn echo_json(record: &Received) -> Value {

@@ -3,7 +3,8 @@
 //! The files are the ones the demo and docker-compose use, with fixed ports. Before starting Envoy the harness
 //! rewrites a copy: every listener and the admin move to port 0 (Envoy picks a free port; the harness reads it
 //! back from the admin `/listeners`), cluster endpoints move to the ports the test says (its own upstreams),
-//! `.wasm` file names point at the build output, and plugin configurations can be replaced per test.
+//! `.wasm` file names point at the build output, file access logs written to `/dev/stdout` go to a file the test
+//! can read ([`Envoy::access_log`]), and plugin configurations can be replaced per test.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -24,6 +25,7 @@ pub struct EnvoyConfig {
     lds_file: Option<String>,
     upstream_ports: HashMap<u64, u16>,
     plugin_configs: BTreeMap<String, String>,
+    plugin_options: Vec<(String, String, Value)>,
     env: Vec<(String, String)>,
     concurrency: u32,
     http_filters: Option<(String, Vec<Value>)>,
@@ -39,6 +41,7 @@ impl EnvoyConfig {
             lds_file: None,
             upstream_ports: HashMap::new(),
             plugin_configs: BTreeMap::new(),
+            plugin_options: Vec::new(),
             env: Vec::new(),
             concurrency: 2,
             http_filters: None,
@@ -56,6 +59,13 @@ impl EnvoyConfig {
     /// Replaces the plugin configuration of the Wasm filter whose `config.name` is `plugin`.
     pub fn plugin_config(mut self, plugin: &str, json: impl ToString) -> Self {
         self.plugin_configs.insert(plugin.to_string(), json.to_string());
+        self
+    }
+
+    /// Sets a field of the Wasm `PluginConfig` named `plugin` (beside `name`, `vm_config`), or removes it when
+    /// `value` is null: e.g. `allow_on_headers_stop_iteration`, `failure_policy`.
+    pub fn plugin_option(mut self, plugin: &str, key: &str, value: Value) -> Self {
+        self.plugin_options.push((plugin.to_string(), key.to_string(), value));
         self
     }
 
@@ -218,6 +228,24 @@ impl EnvoyConfig {
                     *filename = paths::wasm_file(name).display().to_string();
                 }
             }
+            // File access logs to stdout: to a file in the temporary directory.
+            let is_file_log =
+                object.get("@type").and_then(Value::as_str).is_some_and(|t| t.ends_with(".FileAccessLog"));
+            if is_file_log && object.get("path").and_then(Value::as_str) == Some("/dev/stdout") {
+                object
+                    .insert("path".into(), Value::String(lds_path.with_file_name("access.log").display().to_string()));
+            }
+            // Plugin options set by the test.
+            if object.contains_key("vm_config") {
+                for (plugin, key, value) in &self.plugin_options {
+                    if object.get("name").and_then(Value::as_str) == Some(plugin.as_str()) {
+                        match value {
+                            Value::Null => object.remove(key),
+                            value => object.insert(key.clone(), value.clone()),
+                        };
+                    }
+                }
+            }
             // Plugin configurations replaced by the test.
             let plugin = object.get("name").and_then(Value::as_str).map(str::to_string);
             if let (Some(plugin), Some(Value::Object(configuration))) = (plugin, object.get_mut("configuration")) {
@@ -320,6 +348,23 @@ impl Envoy {
     /// Envoy's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The access log so far (file access logs the configuration writes to `/dev/stdout`).
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.lds_path.with_file_name("access.log")).unwrap_or_default()
+    }
+
+    /// Waits until the access log contains `text`; returns whether it did (Envoy flushes it every second).
+    pub fn wait_for_access_log(&self, text: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.access_log().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     /// Waits until Envoy's log contains `text`; returns whether it did.

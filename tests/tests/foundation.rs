@@ -1,8 +1,13 @@
 //! The foundation through real Envoy: the demo configuration loads all four filters and serves traffic, bad
-//! plugin configurations are refused with each filter's own message, and configurations reload without restart.
+//! plugin configurations are refused with each filter's own message, configurations reload without restart, a
+//! crashed VM is replaced, local replies name their filter and reason in access logs, upgrades pass through, and a
+//! body filter configured without `allow_on_headers_stop_iteration` says so.
+
+use std::time::{Duration, Instant};
 
 use integration_tests::{EchoUpstream, EnvoyConfig};
-use serde_json::Value;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FILTERS: [&str; 4] = ["ratelimit", "transformation", "aws", "nats"];
 
@@ -130,4 +135,130 @@ async fn configuration_reloads_without_restart_and_bad_updates_are_refused() {
     assert_eq!(get_path("/a").await, 429, "the previous configuration still limits /a");
     assert_eq!(envoy.stat("wasmcustom.ratelimit.rules"), Some(2));
     assert_eq!(envoy.stat("listener_manager.lds.update_success"), Some(successes + 1));
+}
+
+/// The probe filter (bench/probe) in `panic` mode: it marks requests with `x-probe-vm: alive` and kills its VM on a
+/// request with `x-probe-panic`.
+fn probe_filter(failure_policy: Option<&str>) -> Value {
+    let mut config = json!({
+        "name": "probe", "root_id": "probe",
+        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "panic:1"},
+        "vm_config": {"vm_id": "probe", "runtime": "envoy.wasm.runtime.v8",
+                      "code": {"local": {"filename": "target/wasm32-wasip1/release/probe.wasm"}}}
+    });
+    if let Some(policy) = failure_policy {
+        config["failure_policy"] = json!(policy);
+        config["reload_config"] = json!({"backoff": {"base_interval": "0.2s", "max_interval": "1s"}});
+    }
+    json!({"name": "probe", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config}})
+}
+
+/// Whether a request through the probe reaches the upstream with the probe's mark (the filter is alive).
+async fn probe_alive(client: &reqwest::Client, url: &str, echo: &EchoUpstream) -> bool {
+    let before = echo.received().len();
+    let Ok(response) = client.get(format!("{url}/alive")).send().await else { return false };
+    response.status() == 200 && echo.received().get(before).and_then(|r| r.header("x-probe-vm")) == Some("alive")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_vm_is_replaced_under_fail_reload_and_stays_down_without_it() {
+    let client = reqwest::Client::new();
+    for policy in [Some("FAIL_RELOAD"), None] {
+        let echo = EchoUpstream::start();
+        let envoy = demo(&echo).concurrency(1).http_filters("front", vec![probe_filter(policy)]).start();
+        let url = envoy.url("front");
+        assert!(probe_alive(&client, &url, &echo).await, "{policy:?}: the probe did not run before the crash");
+
+        let crashed = client.get(format!("{url}/crash")).header("x-probe-panic", "1").send().await.unwrap();
+        assert!(crashed.status().is_server_error(), "{policy:?}: {}", crashed.status());
+        assert!(envoy.wait_for_log("probe: panic requested by the client"), "{policy:?}: the panic was not logged");
+
+        // Bounded wait for the replacement VM (its backoff is 0.2 s); not a timing assertion.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut recovered = false;
+        while !recovered && Instant::now() < deadline {
+            recovered = probe_alive(&client, &url, &echo).await;
+            if !recovered {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        match policy {
+            Some(_) => assert!(recovered, "the VM was not replaced within 10 s"),
+            None => assert!(!recovered, "without FAIL_RELOAD the crashed VM's worker should keep failing"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_replies_name_their_filter_and_reason_in_the_access_log() {
+    let echo = EchoUpstream::start();
+    let body_template = r#"{"transformations": [{"match": {"prefix": "/transform"}, "route_transformations": {
+        "request_transformation": {"transformation_template": {"body": {"text": "{{ name }}"}}}}}]}"#;
+    // No AWS credentials in the environment, no nats-server: both filters answer themselves.
+    let envoy = demo(&echo).plugin_config("transformation", body_template).start();
+    let client = reqwest::Client::new();
+    let url = envoy.url("front");
+    for _ in 0..4 {
+        client.get(format!("{url}/limited")).send().await.unwrap();
+    }
+    let bad_json = client.post(format!("{url}/transform")).body("{not json").send().await.unwrap();
+    assert_eq!(bad_json.status(), 400);
+    let aws = client.get(format!("{url}/aws/x")).send().await.unwrap();
+    assert_eq!(aws.status(), 503);
+    let nats = client.post(format!("{url}/events/x")).body("hello").send().await.unwrap();
+    assert!(nats.status().is_server_error(), "{}", nats.status());
+
+    for expected in [" 429 ratelimit_limited ", " 400 transformation_bad_request ", " 503 aws_credentials_unavailable "]
+    {
+        assert!(envoy.wait_for_access_log(expected), "no {expected:?} in the access log:\n{}", envoy.access_log());
+    }
+    assert!(
+        envoy.wait_for_access_log(&format!("POST /events/x {} nats_", nats.status().as_u16())),
+        "no nats reply in the access log:\n{}",
+        envoy.access_log()
+    );
+    assert!(!envoy.access_log().contains("wasm_filter_local_reply"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_upgrades_pass_through_the_filters_when_no_rule_matches() {
+    let echo = EchoUpstream::start();
+    let envoy = demo(&echo).start();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", envoy.port("front"))).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nhost: demo\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+              sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte)).await.unwrap().unwrap();
+        assert_eq!(read, 1, "connection closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    stream.write_all(b"frames both ways").await.unwrap();
+    let mut echoed = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut echoed)).await.unwrap().unwrap();
+    assert_eq!(&echoed, b"frames both ways");
+    assert_eq!(echo.received().last().and_then(|r| r.header("upgrade")), Some("websocket"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_filter_without_allow_on_headers_stop_iteration_says_so() {
+    let echo = EchoUpstream::start();
+    let envoy = demo(&echo).plugin_option("nats", "allow_on_headers_stop_iteration", Value::Null).start();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    // Envoy withholds the body from a filter that holds the headers: the request hangs until the client gives up.
+    let outcome = client.post(format!("{}/events/x", envoy.url("front"))).body("hello").send().await;
+    assert!(outcome.is_err() || outcome.is_ok_and(|r| r.status() != 202), "published without the flag?");
+    assert!(
+        envoy.wait_for_log("set `allow_on_headers_stop_iteration: true`"),
+        "no log line naming the missing setting"
+    );
 }

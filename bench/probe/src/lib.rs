@@ -2,6 +2,9 @@
 //! `"<kind>:<count>"` (kinds: `get`, `miss`, `pairs`, `set`, `metric`, `shared_get`, `shared_cas`, `clock`;
 //! `body_read`, `body_replace` at the end of the request body). The benchmark compares it with the no-op
 //! filter to tell what one call costs, which is where most of a filter's time goes.
+//!
+//! The kind `panic` is for the recovery test: it marks every request with `x-probe-vm: alive` and panics on a
+//! request that carries `x-probe-panic`, which kills the worker's VM (Envoy replaces it under `FAIL_RELOAD`).
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -33,6 +36,8 @@ enum Kind {
     BodyRead,
     /// At the end of the request body: read it whole and replace it with itself.
     BodyReplace,
+    /// Mark the request; panic if it asks for it (`x-probe-panic`).
+    Panic,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -64,6 +69,7 @@ impl RootContext for Root {
             "drop_length" => Kind::DropLength,
             "body_read" => Kind::BodyRead,
             "body_replace" => Kind::BodyReplace,
+            "panic" => Kind::Panic,
             _ => Kind::Nothing,
         };
         let metric = hostcalls::define_metric(MetricType::Counter, "probe").unwrap_or_default();
@@ -92,6 +98,16 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Probe { kind, count, metric } = self.0;
         let headers = MapType::HttpRequestHeaders;
+        if let Kind::Panic = kind {
+            if let Ok(Some(_)) = hostcalls::get_map_value_bytes(headers, "x-probe-panic") {
+                #[allow(clippy::panic)] // the point of this kind: a crash of the VM on demand
+                {
+                    panic!("probe: panic requested by the client");
+                }
+            }
+            let _ = hostcalls::set_map_value(headers, "x-probe-vm", Some("alive"));
+            return Action::Continue;
+        }
         for i in 0..count {
             // Results are dropped: only the calls are measured.
             let _ = match kind {
@@ -111,7 +127,7 @@ impl HttpContext for Stream {
                     Ok(())
                 }
                 Kind::DropLength => hostcalls::set_map_value(headers, "content-length", None),
-                Kind::BodyRead | Kind::BodyReplace => Ok(()),
+                Kind::BodyRead | Kind::BodyReplace | Kind::Panic => Ok(()),
             };
         }
         Action::Continue
