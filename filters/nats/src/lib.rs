@@ -2,11 +2,9 @@
 
 pub mod config;
 pub mod envelope;
-mod filter;
 pub mod outcome;
 pub mod protocol;
+pub mod stream;
 pub mod subject;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(filter::Root::default()));
-}}
+shared::proxy_filter!(stream::NatsFilter);

@@ -1,5 +1,6 @@
 //! What a publish attempt came to, and how the filter answers it: 202 when the server confirmed the publish,
-//! otherwise an error status that says where it failed. Each outcome is counted under its own metric.
+//! otherwise an error status that says where it failed. Each outcome is counted under its own metric and named in
+//! the reply's response-code details (`%RESPONSE_CODE_DETAILS%` in Envoy's access log).
 
 use crate::protocol::{self, ServerInfo};
 
@@ -16,6 +17,8 @@ pub enum Failure {
     Unavailable(String),
     /// 504: no answer within `timeout`.
     Timeout,
+    /// 500: Envoy refused what the filter needed from it (e.g. the buffered body). Nothing was sent.
+    Internal(String),
 }
 
 /// The events counted as `nats.<event>` (shown as `wasmcustom.nats.<event>` in Envoy's /stats).
@@ -27,11 +30,19 @@ pub enum Event {
     Rejected,
     Unavailable,
     Timeout,
+    Internal,
 }
 
 impl Event {
-    pub const ALL: [Event; 6] =
-        [Event::Published, Event::InvalidRequest, Event::TooLarge, Event::Rejected, Event::Unavailable, Event::Timeout];
+    pub const ALL: [Event; 7] = [
+        Event::Published,
+        Event::InvalidRequest,
+        Event::TooLarge,
+        Event::Rejected,
+        Event::Unavailable,
+        Event::Timeout,
+        Event::Internal,
+    ];
 
     pub fn metric(self) -> &'static str {
         match self {
@@ -41,6 +52,20 @@ impl Event {
             Event::Rejected => "rejected",
             Event::Unavailable => "unavailable",
             Event::Timeout => "timeout",
+            Event::Internal => "internal_error",
+        }
+    }
+
+    /// The response-code details of the reply (`%RESPONSE_CODE_DETAILS%`): the filter and the reason.
+    pub fn details(self) -> &'static str {
+        match self {
+            Event::Published => "nats_published",
+            Event::InvalidRequest => "nats_bad_request",
+            Event::TooLarge => "nats_too_large",
+            Event::Rejected => "nats_rejected",
+            Event::Unavailable => "nats_unavailable",
+            Event::Timeout => "nats_timeout",
+            Event::Internal => "nats_internal_error",
         }
     }
 
@@ -58,6 +83,7 @@ impl Failure {
             Failure::Rejected(_) => 502,
             Failure::Unavailable(_) => 503,
             Failure::Timeout => 504,
+            Failure::Internal(_) => 500,
         }
     }
 
@@ -68,14 +94,23 @@ impl Failure {
             Failure::Rejected(_) => Event::Rejected,
             Failure::Unavailable(_) => Event::Unavailable,
             Failure::Timeout => Event::Timeout,
+            Failure::Internal(_) => Event::Internal,
         }
+    }
+
+    /// The reply's response-code details, e.g. `nats_rejected`.
+    pub fn details(&self) -> &'static str {
+        self.event().details()
     }
 
     /// The message for the client (no secrets: NATS's reasons do not carry credentials).
     pub fn message(&self) -> String {
         match self {
-            Failure::InvalidRequest(why) | Failure::TooLarge(why) | Failure::Unavailable(why) => why.clone(),
-            Failure::Rejected(why) => why.clone(),
+            Failure::InvalidRequest(why)
+            | Failure::TooLarge(why)
+            | Failure::Unavailable(why)
+            | Failure::Rejected(why)
+            | Failure::Internal(why) => why.clone(),
             Failure::Timeout => "no answer from the NATS server within the timeout".to_string(),
         }
     }
@@ -236,7 +271,10 @@ mod tests {
     #[test]
     fn events_and_metric_names() {
         let names: Vec<&str> = Event::ALL.iter().map(|e| e.metric()).collect();
-        assert_eq!(names, ["published", "invalid_request", "too_large", "rejected", "unavailable", "timeout"]);
+        assert_eq!(
+            names,
+            ["published", "invalid_request", "too_large", "rejected", "unavailable", "timeout", "internal_error"]
+        );
         for (i, event) in Event::ALL.iter().enumerate() {
             assert_eq!(event.index(), i);
         }
@@ -246,5 +284,27 @@ mod tests {
         assert_eq!(Failure::TooLarge("x".into()).event(), Event::TooLarge);
         assert_eq!(Failure::Rejected("x".into()).event(), Event::Rejected);
         assert_eq!(Failure::Unavailable("x".into()).event(), Event::Unavailable);
+        assert_eq!(Failure::Internal("x".into()).event(), Event::Internal);
+        assert_eq!(Failure::Internal("x".into()).status(), 500);
+    }
+
+    #[test]
+    fn details_name_the_filter_and_the_reason() {
+        let details: Vec<&str> = Event::ALL.iter().map(|e| e.details()).collect();
+        assert_eq!(
+            details,
+            [
+                "nats_published",
+                "nats_bad_request",
+                "nats_too_large",
+                "nats_rejected",
+                "nats_unavailable",
+                "nats_timeout",
+                "nats_internal_error"
+            ]
+        );
+        assert_eq!(Failure::Rejected("x".into()).details(), "nats_rejected");
+        assert_eq!(Failure::Timeout.details(), "nats_timeout");
+        assert_eq!(Failure::InvalidRequest("x".into()).details(), "nats_bad_request");
     }
 }
