@@ -3,6 +3,9 @@
 //! `body_read`, `body_replace` at the end of the request body). The benchmark compares it with the no-op
 //! filter to tell what one call costs, which is where most of a filter's time goes.
 //!
+//! A third part `:hold` (`"body_read:1:hold"`) makes the probe hold the request headers until the body is complete,
+//! as the body filters do (it needs `allow_on_headers_stop_iteration: true`): the floor of the body rows.
+//!
 //! The kind `panic` is for the recovery test: it marks every request with `x-probe-vm: alive` and panics on a
 //! request that carries `x-probe-panic`, which kills the worker's VM (Envoy replaces it under `FAIL_RELOAD`).
 
@@ -45,6 +48,8 @@ struct Probe {
     kind: Kind,
     count: u32,
     metric: u32,
+    /// Hold the headers until the body is complete.
+    hold: bool,
 }
 
 #[derive(Default)]
@@ -56,7 +61,9 @@ impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let config = self.get_plugin_configuration().unwrap_or_default();
         let config = String::from_utf8_lossy(&config);
-        let (kind, count) = config.split_once(':').unwrap_or(("", "0"));
+        let mut parts = config.split(':');
+        let (kind, count) = (parts.next().unwrap_or(""), parts.next().unwrap_or("0"));
+        let hold = parts.next() == Some("hold");
         let kind = match kind {
             "get" => Kind::Get,
             "miss" => Kind::Miss,
@@ -74,7 +81,7 @@ impl RootContext for Root {
         };
         let metric = hostcalls::define_metric(MetricType::Counter, "probe").unwrap_or_default();
         let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&0u64.to_le_bytes()), None);
-        self.0 = Probe { kind, count: count.parse().unwrap_or(0), metric };
+        self.0 = Probe { kind, count: count.parse().unwrap_or(0), metric, hold };
         true
     }
 
@@ -95,8 +102,8 @@ struct Stream(Probe);
 impl Context for Stream {}
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Probe { kind, count, metric } = self.0;
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Probe { kind, count, metric, hold } = self.0;
         let headers = MapType::HttpRequestHeaders;
         if let Kind::Panic = kind {
             if let Ok(Some(_)) = hostcalls::get_map_value_bytes(headers, "x-probe-panic") {
@@ -130,12 +137,19 @@ impl HttpContext for Stream {
                 Kind::BodyRead | Kind::BodyReplace | Kind::Panic => Ok(()),
             };
         }
-        Action::Continue
+        if hold && !end_of_stream {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Probe { kind, count, .. } = self.0;
-        if !end_of_stream || !matches!(kind, Kind::BodyRead | Kind::BodyReplace) {
+        let Probe { kind, count, hold, .. } = self.0;
+        if !end_of_stream {
+            return if hold { Action::Pause } else { Action::Continue };
+        }
+        if !matches!(kind, Kind::BodyRead | Kind::BodyReplace) {
             return Action::Continue;
         }
         let body = BufferType::HttpRequestBody;

@@ -43,19 +43,18 @@ const NOTES: &str = "\
   the filter's own inja engine), a body template reading three fields of a parsed JSON body 0.3 µs, a NATS \
   subject 0.2 µs; the header row's whole transformation (extraction regex, two templates, header list) 2.2 µs, \
   a third of it the extraction's regex.
-- **Body work** (signed 16 KiB payload, Lambda, JSON body template, NATS publish) goes through Envoy's buffer \
-  filter, because a Wasm filter cannot pause a request's headers and still read its body, nor change them after \
-  letting them go; the aws filter therefore sends the signed request or the Lambda call itself \
-  (`dispatch_http_call`) and answers with a local reply, and the nats filter sends one HTTP/2 stream per publish \
-  through Envoy's internal tunnel listener. Those extra Envoy streams are most of the host side of these rows. \
-  On a request with a body, a change to the request headers costs several times what it costs on a bodiless \
-  one (second table under \"What a host call costs\", and the first step of the JSON row below); why, inside \
-  Envoy, is not known (its binary has no symbols).
+- **Body work** (signed 16 KiB payload, Lambda, JSON body template, NATS publish): the filter holds the \
+  request headers while Envoy delivers the body (`allow_on_headers_stop_iteration`), then changes headers and \
+  body at once and lets the request go; no buffer filter. The aws filter signs (and for Lambda rewrites) the \
+  request in place and Envoy routes it to the route's cluster, as the native filters do; the nats filter sends \
+  one HTTP/2 stream per publish through Envoy's internal tunnel listener. The body rows' floor is a filter that \
+  only holds the headers until the body is complete (tables under \"What a host call costs\" and the JSON row \
+  below).
 - **Lambda**: Envoy's `aws_lambda` acts only on clusters marked as Lambda gateways (cluster metadata \
   `com.amazonaws.lambda: {egress_gateway: true}`, as bench.yaml's upstream is) and signs with credentials from \
   the environment. With payload passthrough it rewrites and signs the request in place and streams it to the \
-  route's cluster; ours (`format: raw`) buffers it and sends the Invoke call itself. Stock Envoy has no NATS \
-  filter; its ceiling is below.
+  route's cluster; ours (`format: raw`) does the same in place. Stock Envoy has no NATS filter; its ceiling is \
+  below.
 - Where the min–max ranges of ours and native overlap, the ratio is within the machine's noise and says so.";
 const NATS_PORT: u16 = 4222;
 
@@ -111,6 +110,8 @@ fn wasm_filter(name: &str, config: &Value) -> Value {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
         "config": {
             "name": name, "root_id": name,
+            // As every configuration of ours (README): body filters hold the headers while reading the body.
+            "allow_on_headers_stop_iteration": true, "failure_policy": "FAIL_RELOAD",
             "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config},
             "vm_config": {"vm_id": name, "runtime": "envoy.wasm.runtime.v8",
                           "code": {"local": {"filename": format!("target/wasm32-wasip1/release/{name}.wasm")}}}
@@ -253,8 +254,7 @@ end"#;
             request: order,
             native_name: "lua (string patterns, no JSON parse)",
             native: Some(vec![lua_filter(lua_body)]),
-            // The transformation filter reads bodies behind Envoy's buffer filter (see its README section).
-            ours: vec![wasm_filter("transformation", &body), buffer_filter()],
+            ours: vec![wasm_filter("transformation", &body)],
             target: Target::NativePlusFloor,
         },
     ]
@@ -274,8 +274,7 @@ fn nats_scenarios() -> Vec<Scenario> {
         request: publish,
         native_name: "none in stock Envoy",
         native: None,
-        // The nats filter lets the headers go to get the body; the buffer filter holds them from the router.
-        ours: vec![wasm_filter("nats", &config), buffer_filter()],
+        ours: vec![wasm_filter("nats", &config)],
         target: Target::Report,
     }]
 }
@@ -338,16 +337,11 @@ fn aws_native_signing(unsigned: bool) -> Value {
     }})
 }
 
-fn buffer_filter() -> Value {
-    json!({"name": "envoy.filters.http.buffer", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": 1_048_576}})
-}
-
 fn aws_scenarios() -> Vec<Scenario> {
     let credentials = json!({"access_key_id": AWS_KEY_ID, "secret_access_key": AWS_SECRET});
     let signing = |payload: &str| {
         json!({"region": "us-east-1", "service": "s3", "host": "bucket.s3.us-east-1.amazonaws.com",
-               "credentials": credentials, "payload": payload, "cluster": "upstream"})
+               "credentials": credentials, "payload": payload})
     };
     let mut post = get("/bucket/object.bin", &[("content-type", "application/octet-stream")]);
     post.method = "PUT";
@@ -369,8 +363,7 @@ fn aws_scenarios() -> Vec<Scenario> {
             request: post,
             native_name: "aws_request_signing (inline credentials)",
             native: Some(vec![aws_native_signing(false)]),
-            // The aws filter sends signed bodies itself (README, aws): the buffer filter holds the original.
-            ours: vec![wasm_filter("aws", &signing("signed")), buffer_filter()],
+            ours: vec![wasm_filter("aws", &signing("signed"))],
             target: Target::NativePlusFloor,
         },
         Scenario {
@@ -382,14 +375,11 @@ fn aws_scenarios() -> Vec<Scenario> {
             native: Some(vec![json!({"name": "envoy.filters.http.aws_lambda", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.aws_lambda.v3.Config",
                 "arn": "arn:aws:lambda:us-east-1:123456789012:function:orders", "payload_passthrough": true}})]),
-            ours: vec![
-                wasm_filter(
-                    "aws",
-                    &json!({"region": "us-east-1", "service": "lambda", "credentials": credentials,
-                    "cluster": "upstream", "lambda": {"function": "orders", "format": "raw"}}),
-                ),
-                buffer_filter(),
-            ],
+            ours: vec![wasm_filter(
+                "aws",
+                &json!({"region": "us-east-1", "service": "lambda", "credentials": credentials,
+                    "lambda": {"function": "orders", "format": "raw"}}),
+            )],
             target: Target::NativePlusFloor,
         },
     ]
@@ -418,7 +408,8 @@ fn start(variant: &Variant, ports: &Ports, concurrency: u32) -> Envoy {
 
 const BASELINE: &str = "baseline (no filter)";
 const FLOOR: &str = "no-op wasm (floor)";
-const FLOOR_BUFFERED: &str = "no-op wasm + buffer filter";
+/// The body rows' floor: a filter that holds the headers until the body is complete and does nothing else.
+const FLOOR_HOLDING: &str = "no-op wasm holding the body";
 const NATIVE: &str = "native";
 const OURS: &str = "ours";
 
@@ -427,12 +418,6 @@ async fn measure(scenario: &Scenario, concurrency: u32, ports: &Ports, settings:
         Variant { name: BASELINE, filters: vec![] },
         Variant { name: FLOOR, filters: vec![wasm_filter("noop", &json!({}))] },
     ];
-    // Where ours needs Envoy's buffer filter (to read bodies), the no-op filter with it shows what that part of
-    // the set-up costs before any work.
-    if scenario.ours.contains(&buffer_filter()) {
-        variants
-            .push(Variant { name: FLOOR_BUFFERED, filters: vec![wasm_filter("noop", &json!({})), buffer_filter()] });
-    }
     if let Some(native) = &scenario.native {
         variants.push(Variant { name: NATIVE, filters: native.clone() });
     }
@@ -535,12 +520,12 @@ async fn host_call_costs(ports: &Ports, settings: &Settings) -> String {
     out
 }
 
-/// The same for a request with a body (1 KiB of JSON) and Envoy's buffer filter after the probe, as the body
-/// rows run: one call of each kind per request.
+/// The same for a request with a body (1 KiB of JSON) whose headers the probe holds until the body is complete,
+/// as the body filters do: one call of each kind per request.
 async fn body_call_costs(ports: &Ports, settings: &Settings) -> String {
     let probe = |name: &'static str, kind: &str, calls: u32| Variant {
         name,
-        filters: vec![wasm_filter("probe", &Value::String(format!("{kind}:{calls}"))), buffer_filter()],
+        filters: vec![wasm_filter("probe", &Value::String(format!("{kind}:{calls}:hold")))],
     };
     let variants = vec![
         probe("no call", "none", 0),
@@ -552,7 +537,8 @@ async fn body_call_costs(ports: &Ports, settings: &Settings) -> String {
     let settings = Settings { requests: settings.requests * 2, ..*settings };
     let (measured, _) = run_interleaved("body calls", &order_request(), &variants, 1, ports, &settings, false).await;
     let Some((_, none)) = measured.first() else { return String::new() };
-    let mut out = String::from("| with a 1 KiB body and the buffer filter | one call per request, µs |\n|---|---|\n");
+    let mut out =
+        String::from("| with a 1 KiB body, headers held until its end | one call per request, µs |\n|---|---|\n");
     for (name, rounds) in measured.get(1..).unwrap_or_default() {
         let _ = writeln!(out, "| {name} | {} |", per_call(rounds, none, 1));
     }
@@ -560,15 +546,16 @@ async fn body_call_costs(ports: &Ports, settings: &Settings) -> String {
 }
 
 /// The JSON body row taken apart: the transformation filter doing more and more of that row's work on the same
-/// request, each step against the no-op filter with the buffer filter (1 worker, with the perf split).
+/// request, each step against a filter that only holds the headers until the body is complete (1 worker, with the
+/// perf split).
 async fn body_steps(ports: &Ports, settings: &Settings) -> String {
     let step = |name: &'static str, template: Value| Variant {
         name,
-        filters: vec![wasm_filter("transformation", &order_transformation(template)), buffer_filter()],
+        filters: vec![wasm_filter("transformation", &order_transformation(template))],
     };
     let constant = json!({"text": "{\"constant\": true}"});
     let variants = vec![
-        Variant { name: FLOOR_BUFFERED, filters: vec![wasm_filter("noop", &json!({})), buffer_filter()] },
+        Variant { name: FLOOR_HOLDING, filters: vec![wasm_filter("probe", &json!("none:0:hold"))] },
         step(
             "a static request header, body passed through",
             json!({"headers": {"x-a": {"text": "b"}}, "passthrough": {}}),
@@ -585,7 +572,7 @@ async fn body_steps(ports: &Ports, settings: &Settings) -> String {
         "| step | added CPU over the no-op filter, µs | in Wasm code | in Envoy and libraries |\n|---|---|---|---|\n",
     );
     for (name, rounds) in measured.get(1..).unwrap_or_default() {
-        let places = match (split(name), split(FLOOR_BUFFERED)) {
+        let places = match (split(name), split(FLOOR_HOLDING)) {
             (Some(ours), Some(floor)) => format!(
                 "{:.1} | {:.1}",
                 ours.wasm - floor.wasm,
@@ -899,9 +886,8 @@ async fn main() {
         let _ = writeln!(doc, "{table}");
         let _ = writeln!(
             doc,
-            "With a body and Envoy's buffer filter behind the probe, as in the body rows (measured the same way), a change to \
-             the request headers costs several times what it costs on a bodiless request; the body itself is \
-             cheap to read and replace.\n"
+            "With a body whose headers the probe holds until the body is complete, as the body filters do (measured \
+             the same way): header changes and body reads or replacements made at the end of the body.\n"
         );
         let _ = writeln!(doc, "{body_table}");
     }
@@ -909,10 +895,11 @@ async fn main() {
         let _ = writeln!(doc, "\n## The JSON body row, step by step\n");
         let _ = writeln!(
             doc,
-            "The transformation filter on the JSON row's request (POST, the 1 KiB order, buffer filter behind it): \
+            "The transformation filter on the JSON row's request (POST, the 1 KiB order): \
              first a header change alone (the body passes through), then the body steps: a constant new body \
              without parsing the JSON, the same after parsing it, and the row's template. Added CPU per request \
-             over the no-op filter with the buffer filter, medians and min–max over the rounds, and the perf split \
+             over a filter that only holds the headers until the body is complete, medians and min–max over the \
+             rounds, and the perf split \
              of the same rounds.\n"
         );
         let _ = writeln!(doc, "{steps}");
