@@ -13,7 +13,7 @@ use ratelimit::config::{parse, Limit};
 use ratelimit::engine::Engine;
 use ratelimit::gcra::Limiter;
 use ratelimit::key::RequestFacts;
-use ratelimit::store::{reserve_create_cas, MemoryStore};
+use shared::store::{reserve_create_cas, MemoryStore};
 use shared::{DurationStr, RequestHeaders};
 
 struct Request(Vec<(String, String)>);
@@ -32,15 +32,15 @@ impl RequestFacts for Request {
 
 fn decision(c: &mut Criterion) {
     let store = MemoryStore::default();
-    reserve_create_cas(&store, "b:");
+    reserve_create_cas(&store, "b:").unwrap();
     let limit = Limit { requests: 1_000_000_000, per: DurationStr(Duration::from_secs(1)), burst: None };
-    let limiter = Limiter::new(&limit, store.clone(), "b:keys", 100_000).unwrap();
+    let limiter = Limiter::new(&limit, "b:keys", 100_000).unwrap();
     let key = "b:rule#0|5:key-1".to_string();
     let mut now = 1_000_000_000u64;
     c.bench_function("gcra decision (allowed)", |b| {
         b.iter(|| {
             now += 1000;
-            black_box(limiter.check(black_box(&key), now))
+            black_box(limiter.check(&store, black_box(&key), now))
         })
     });
 
@@ -49,7 +49,7 @@ fn decision(c: &mut Criterion) {
                                "limits": [{"requests": 1000000000, "per": "1s"}]}]}"#,
     )
     .unwrap();
-    let engine = Engine::new(&config, &store, "b:", "b:keys").unwrap();
+    let engine = Engine::new(&config, "b:", "b:keys").unwrap();
     let request = Request(vec![
         (":path".into(), "/api/items".into()),
         (":method".into(), "GET".into()),
@@ -58,7 +58,7 @@ fn decision(c: &mut Criterion) {
     c.bench_function("rule evaluation (match, key, decision)", |b| {
         b.iter(|| {
             now += 1000;
-            black_box(engine.evaluate(&config, black_box(&request), now))
+            black_box(engine.evaluate(&store, &config, black_box(&request), now))
         })
     });
 }

@@ -1,12 +1,14 @@
 //! Applies the configured rules to one request: which rules match, their keys, the local decisions, and what
-//! to ask the global service. Pure: the filter supplies the request, the time and the shared store.
+//! to ask the global service. Pure: the filter supplies the request, the time and the shared store (per call:
+//! the host is lent to each callback).
 
 use std::time::Duration;
 
 use crate::config::{Config, KeyPart, Limit, OnMissingKey};
 use crate::gcra::{Limiter, Verdict};
 use crate::key::{bucket_key, key_values, RequestFacts};
-use crate::store::SharedStore;
+use shared::store::SharedStore;
+use shared::HostError;
 
 /// What happened to one rule for one request (becomes that rule's metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,6 +20,8 @@ pub struct RuleEvents {
     pub cas_retries: u32,
     /// A new key found `max_keys` reached and was admitted without a bucket.
     pub key_overflow: bool,
+    /// Shared data failed for one of the rule's limits: admitted without a decision (fail open).
+    pub store_error: Option<HostError>,
 }
 
 /// The `x-ratelimit-*` figures of the most restrictive limit that decided.
@@ -64,21 +68,21 @@ pub struct Evaluation {
     pub descriptors: Vec<GlobalDescriptor>,
 }
 
-struct CompiledRule<S: SharedStore> {
-    limits: Vec<(Limit, String, Limiter<S>)>,
+struct CompiledRule {
+    limits: Vec<(Limit, String, Limiter)>,
 }
 
 /// The rules of one configuration, with their limiters, built once at configure time.
-pub struct Engine<S: SharedStore> {
-    rules: Vec<CompiledRule<S>>,
+pub struct Engine {
+    rules: Vec<CompiledRule>,
 }
 
 /// Value standing for "any request missing a key part" with `on_missing_key: share`.
 const MISSING: &str = "\u{0}missing";
 
-impl<S: SharedStore + Clone> Engine<S> {
+impl Engine {
     /// `prefix` namespaces this plugin's shared-data keys; `keys_counter` is the shared count of live buckets.
-    pub fn new(config: &Config, store: &S, prefix: &str, keys_counter: &str) -> Result<Self, String> {
+    pub fn new(config: &Config, prefix: &str, keys_counter: &str) -> Result<Self, String> {
         let mut rules = Vec::with_capacity(config.rules.len());
         for rule in &config.rules {
             let mut limits = Vec::with_capacity(rule.limits.len());
@@ -91,7 +95,7 @@ impl<S: SharedStore + Clone> Engine<S> {
                     limit.per.as_nanos_u64(),
                     limit.burst()
                 );
-                let limiter = Limiter::new(limit, store.clone(), keys_counter, config.max_keys)
+                let limiter = Limiter::new(limit, keys_counter, config.max_keys)
                     .ok_or_else(|| format!("rule {:?}: limit {j} cannot be represented", rule.name))?;
                 limits.push((*limit, id, limiter));
             }
@@ -99,11 +103,15 @@ impl<S: SharedStore + Clone> Engine<S> {
         }
         Ok(Engine { rules })
     }
-}
 
-impl<S: SharedStore> Engine<S> {
-    /// Decides for one request at `now` (monotonic nanoseconds).
-    pub fn evaluate<R: RequestFacts + ?Sized>(&self, config: &Config, request: &R, now: u64) -> Evaluation {
+    /// Decides for one request at `now` (monotonic nanoseconds), with the buckets in `store`.
+    pub fn evaluate<R: RequestFacts + ?Sized>(
+        &self,
+        store: &dyn SharedStore,
+        config: &Config,
+        request: &R,
+        now: u64,
+    ) -> Evaluation {
         let mut evaluation = Evaluation::default();
         for (index, (rule, compiled)) in config.rules.iter().zip(&self.rules).enumerate() {
             if !rule.matcher.matches(request) {
@@ -136,9 +144,12 @@ impl<S: SharedStore> Engine<S> {
             let mut stop = false;
             for (limit, id, limiter) in &compiled.limits {
                 let key = bucket_key(id, &values);
-                let decision = limiter.check(&key, now);
+                let decision = limiter.check(store, &key, now);
                 events.cas_retries = events.cas_retries.saturating_add(decision.effects.cas_retries);
                 events.key_overflow |= decision.effects.overflow;
+                if let Some(err) = decision.effects.store_error {
+                    events.store_error.get_or_insert(err);
+                }
                 if decision.effects.created {
                     evaluation.created_keys.push(key);
                 }
@@ -220,7 +231,7 @@ fn ceil_secs(duration: Duration) -> u64 {
 mod tests {
     use super::*;
     use crate::config::parse;
-    use crate::store::{reserve_create_cas, MemoryStore};
+    use shared::store::{reserve_create_cas, MemoryStore};
     use shared::RequestHeaders;
     use std::borrow::Cow;
 
@@ -246,34 +257,47 @@ mod tests {
         Req(headers)
     }
 
-    fn build(json: &str) -> (Config, Engine<MemoryStore>) {
+    /// An engine over its own store.
+    struct Built {
+        config: Config,
+        engine: Engine,
+        store: MemoryStore,
+    }
+
+    impl Built {
+        fn evaluate(&self, request: &Req, now: u64) -> Evaluation {
+            self.engine.evaluate(&self.store, &self.config, request, now)
+        }
+    }
+
+    fn build(json: &str) -> Built {
         let config = parse(json.as_bytes()).unwrap();
         let store = MemoryStore::default();
-        reserve_create_cas(&store, "t:");
-        let engine = Engine::new(&config, &store, "t:", "t:keys").unwrap();
-        (config, engine)
+        reserve_create_cas(&store, "t:").unwrap();
+        let engine = Engine::new(&config, "t:", "t:keys").unwrap();
+        Built { config, engine, store }
     }
 
     #[test]
     fn per_key_buckets_and_headers() {
-        let (config, engine) = build(
+        let engine = build(
             r#"{"rules": [{"name": "k", "key": [{"header": "x-api-key"}], "limits": [{"requests": 2, "per": "10s"}]}]}"#,
         );
         let a = req("/", &[("x-api-key", "a")]);
         let b = req("/", &[("x-api-key", "b")]);
         let now = 10 * SECOND;
-        let first = engine.evaluate(&config, &a, now);
+        let first = engine.evaluate(&a, now);
         assert_eq!(first.headers, Some(RateHeaders { limit: 2, remaining: 1, reset_secs: 5, retry_after_secs: None }));
         assert_eq!(first.created_keys.len(), 1);
-        assert!(engine.evaluate(&config, &a, now).rejected.is_none());
-        let third = engine.evaluate(&config, &a, now);
+        assert!(engine.evaluate(&a, now).rejected.is_none());
+        let third = engine.evaluate(&a, now);
         assert_eq!(
             third.rejected,
             Some(RateHeaders { limit: 2, remaining: 0, reset_secs: 10, retry_after_secs: Some(5) })
         );
         assert_eq!(third.events, vec![(0, RuleEvents { limited: true, ..Default::default() })]);
         // Another key has its own bucket.
-        assert!(engine.evaluate(&config, &b, now).rejected.is_none());
+        assert!(engine.evaluate(&b, now).rejected.is_none());
         let pairs = third.rejected.unwrap().to_pairs();
         assert!(pairs.contains(&("retry-after", "5".to_string())));
         assert!(pairs.contains(&("x-ratelimit-remaining", "0".to_string())));
@@ -281,7 +305,7 @@ mod tests {
 
     #[test]
     fn every_matching_rule_applies_and_the_first_rejection_stops() {
-        let (config, engine) = build(
+        let engine = build(
             r#"{"rules": [
                 {"name": "all", "limits": [{"requests": 100, "per": "1s"}]},
                 {"name": "api", "match": {"prefix": "/api"}, "limits": [{"requests": 1, "per": "1s"}]},
@@ -289,22 +313,21 @@ mod tests {
             ]}"#,
         );
         let now = SECOND;
-        let ok = engine.evaluate(&config, &req("/api/x", &[]), now);
+        let ok = engine.evaluate(&req("/api/x", &[]), now);
         assert_eq!(ok.events.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1, 2]);
-        let limited = engine.evaluate(&config, &req("/api/x", &[]), now);
+        let limited = engine.evaluate(&req("/api/x", &[]), now);
         assert!(limited.rejected.is_some());
         assert_eq!(limited.events.iter().map(|(i, e)| (*i, e.limited)).collect::<Vec<_>>(), [(0, false), (1, true)]);
-        let other = engine.evaluate(&config, &req("/other", &[]), now);
+        let other = engine.evaluate(&req("/other", &[]), now);
         assert!(other.rejected.is_none());
         assert_eq!(other.events.len(), 2);
     }
 
     #[test]
     fn shadow_rules_count_but_never_reject() {
-        let (config, engine) =
-            build(r#"{"rules": [{"name": "s", "shadow": true, "limits": [{"requests": 1, "per": "1s"}]}]}"#);
-        engine.evaluate(&config, &req("/", &[]), SECOND);
-        let second = engine.evaluate(&config, &req("/", &[]), SECOND);
+        let engine = build(r#"{"rules": [{"name": "s", "shadow": true, "limits": [{"requests": 1, "per": "1s"}]}]}"#);
+        engine.evaluate(&req("/", &[]), SECOND);
+        let second = engine.evaluate(&req("/", &[]), SECOND);
         assert!(second.rejected.is_none());
         assert_eq!(second.events, vec![(0, RuleEvents { shadow_limited: true, ..Default::default() })]);
     }
@@ -312,31 +335,31 @@ mod tests {
     #[test]
     fn missing_key_parts_follow_on_missing_key() {
         let rule = r#"{"name": "k", "key": [{"header": "x-api-key"}], "limits": [{"requests": 1, "per": "1s"}]}"#;
-        let (config, engine) = build(&format!(r#"{{"rules": [{rule}]}}"#));
+        let engine = build(&format!(r#"{{"rules": [{rule}]}}"#));
         for _ in 0..3 {
-            let e = engine.evaluate(&config, &req("/", &[]), SECOND);
+            let e = engine.evaluate(&req("/", &[]), SECOND);
             assert!(e.rejected.is_none());
             assert_eq!(e.events, vec![(0, RuleEvents { missing_key: true, ..Default::default() })]);
         }
-        let (config, engine) = build(&format!(r#"{{"rules": [{rule}], "on_missing_key": "deny"}}"#));
-        let e = engine.evaluate(&config, &req("/", &[]), SECOND);
+        let engine = build(&format!(r#"{{"rules": [{rule}], "on_missing_key": "deny"}}"#));
+        let e = engine.evaluate(&req("/", &[]), SECOND);
         assert!(e.rejected.is_some());
         assert!(e.events[0].1.missing_key && e.events[0].1.limited);
-        let (config, engine) = build(&format!(r#"{{"rules": [{rule}], "on_missing_key": "share"}}"#));
-        assert!(engine.evaluate(&config, &req("/", &[]), SECOND).rejected.is_none());
-        assert!(engine.evaluate(&config, &req("/", &[]), SECOND).rejected.is_some(), "one shared bucket");
-        assert!(engine.evaluate(&config, &req("/", &[("x-api-key", "a")]), SECOND).rejected.is_none());
+        let engine = build(&format!(r#"{{"rules": [{rule}], "on_missing_key": "share"}}"#));
+        assert!(engine.evaluate(&req("/", &[]), SECOND).rejected.is_none());
+        assert!(engine.evaluate(&req("/", &[]), SECOND).rejected.is_some(), "one shared bucket");
+        assert!(engine.evaluate(&req("/", &[("x-api-key", "a")]), SECOND).rejected.is_none());
     }
 
     #[test]
     fn global_rules_produce_descriptors_named_after_key_parts() {
-        let (config, engine) = build(
+        let engine = build(
             r#"{"rules": [
                 {"name": "g", "global": true, "key": [{"header": "x-api-key"}, "client_ip", {"literal": "v1"}]},
                 {"name": "local", "limits": [{"requests": 1, "per": "1s"}]}
             ], "global": {"cluster": "rls", "domain": "edge"}}"#,
         );
-        let e = engine.evaluate(&config, &req("/", &[("x-api-key", "k")]), SECOND);
+        let e = engine.evaluate(&req("/", &[("x-api-key", "k")]), SECOND);
         assert_eq!(
             e.descriptors,
             vec![GlobalDescriptor {
@@ -349,7 +372,7 @@ mod tests {
             }]
         );
         // A local rejection means no global call.
-        let e = engine.evaluate(&config, &req("/", &[("x-api-key", "k")]), SECOND);
+        let e = engine.evaluate(&req("/", &[("x-api-key", "k")]), SECOND);
         assert!(e.rejected.is_some());
         assert!(e.descriptors.is_empty());
     }

@@ -2,12 +2,10 @@
 
 pub mod config;
 pub mod engine;
-mod filter;
 pub mod gcra;
 pub mod key;
 pub mod rls;
 pub mod store;
+pub mod stream;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(filter::Root::default()));
-}}
+shared::proxy_filter!(stream::RatelimitFilter);
