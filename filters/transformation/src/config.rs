@@ -387,16 +387,7 @@ fn build_transformation(
             let spec = build_spec(template)?;
             let built =
                 TemplateTransformation::build(spec, env.clone()).map_err(|e| e.under("transformation_template"))?;
-            let built = Transformation::Template(Box::new(built));
-            if built.headers_need_body() {
-                return Err(ConfigError::at(
-                    "transformation_template",
-                    "a header template reads the body (body(), context(), a JSON field or a body extractor): not \
-                     supported, because Envoy's Wasm ABI cannot change headers once a filter has read the body; \
-                     use the body in `body` templates, and headers, the path or query parameters in header templates",
-                ));
-            }
-            Ok(Some(built))
+            Ok(Some(Transformation::Template(Box::new(built))))
         }
         (None, Some(hb), None) => {
             Ok(Some(Transformation::HeaderBody { add_request_metadata: hb.add_request_metadata }))
@@ -570,16 +561,36 @@ mod tests {
         assert!(!entry.response.as_ref().unwrap().needs_body());
         let headers = vec![(":path".to_string(), "/users/7".to_string())];
         let out = request
-            .apply(Message {
-                part: crate::transform::Part::All,
-                request_headers: None,
-                headers,
-                body: br#"{"name": "Bo"}"#,
-                is_request: true,
-            })
+            .apply(Message { request_headers: None, headers, body: br#"{"name": "Bo"}"#, is_request: true })
             .unwrap();
         assert_eq!(out.ops, vec![HeaderOp::Set("x-user-id".into(), "7".into())]);
         assert_eq!(out.body.unwrap(), br#"{"user": "7", "name": "Bo"}"#);
+    }
+
+    #[test]
+    fn header_templates_that_read_the_body_are_accepted() {
+        // As in Gloo: body(), context(), JSON fields and body extractors in header templates (the filter holds the
+        // headers until the body is complete).
+        let config = parse_ok(
+            r#"{"transformations": [{"route_transformations": {"request_transformation": {"transformation_template": {
+                "extractors": {"b": {"body": {}, "regex": ".*n(\\d).*", "subgroup": 1}},
+                "headers": {"x-json": {"text": "{{ user.name }}"}, "x-body": {"text": "{{ body() }}"},
+                            "x-context": {"text": "{{ length(context()) }}"}, "x-extracted": {"text": "{{ b }}"}}}}}}]}"#,
+        );
+        let t = config.rules[0].request_matches[0].request.clone().unwrap();
+        assert!(t.needs_body());
+        let body = br#"{"user": {"name": "n1"}}"#;
+        let out = t.apply(Message { request_headers: None, headers: Vec::new(), body, is_request: true }).unwrap();
+        assert_eq!(
+            out.ops,
+            vec![
+                HeaderOp::Set("x-body".into(), String::from_utf8_lossy(body).into_owned()),
+                HeaderOp::Set("x-context".into(), "2".into()),
+                HeaderOp::Set("x-extracted".into(), "1".into()),
+                HeaderOp::Set("x-json".into(), "n1".into()),
+            ]
+        );
+        assert_eq!(out.body, None);
     }
 
     #[test]

@@ -3,12 +3,12 @@
 pub mod body;
 pub mod config;
 pub mod extractor;
-mod filter;
 pub mod functions;
 pub mod inja;
+pub mod stream;
+#[cfg(test)]
+mod stream_tests;
 pub mod template;
 pub mod transform;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(filter::Root::default()));
-}}
+shared::proxy_filter!(stream::TransformationFilter);

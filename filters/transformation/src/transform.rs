@@ -1,6 +1,7 @@
 //! One transformation applied to one message (request or response): Gloo's `TransformationTemplate` (extractors,
-//! headers, body modes) and `HeaderBodyTransform`. Pure: the message comes in as headers and body bytes, and what
-//! to change goes out as header operations and an optional new body.
+//! headers, body modes) and `HeaderBodyTransform`. Pure: the whole message comes in as headers and body bytes (the
+//! stream holds the headers until the body is complete when the transformation reads it), and what to change goes
+//! out as header operations and an optional new body.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
@@ -14,21 +15,9 @@ use crate::extractor::{Extractor, Source};
 use crate::functions::is_function;
 use crate::template::{RenderData, Templates};
 
-/// Which part of a transformation to run. Envoy's Wasm ABI cannot change headers once the body is being read
-/// (a paused headers callback withholds the body), so a transformation that needs the body runs twice: its header
-/// part in the headers callback, its body part at the end of the body.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Part {
-    #[default]
-    All,
-    HeadersOnly,
-    BodyOnly,
-}
-
 /// The message a transformation reads.
 #[derive(Debug, Clone, Default)]
 pub struct Message<'a> {
-    pub part: Part,
     /// The headers of the message being transformed (pseudo-headers included).
     pub headers: Vec<(String, String)>,
     /// The request's headers, when transforming a response (`None` on requests: `headers` are the request's).
@@ -64,7 +53,7 @@ pub enum Transformation {
 }
 
 impl Transformation {
-    /// `true` when the body must be buffered before the transformation can run.
+    /// `true` when the body must be buffered before the transformation can run (header templates included).
     pub fn needs_body(&self) -> bool {
         match self {
             Transformation::Template(t) => t.needs_body,
@@ -77,37 +66,7 @@ impl Transformation {
     pub fn apply(&self, message: Message<'_>) -> Result<Outcome, String> {
         match self {
             Transformation::Template(t) => t.apply(message),
-            Transformation::HeaderBody { add_request_metadata } => {
-                let part = message.part;
-                let mut outcome = header_body(message, *add_request_metadata);
-                match part {
-                    Part::HeadersOnly => outcome.body = None,
-                    Part::BodyOnly => outcome.ops.clear(),
-                    Part::All => {}
-                }
-                Ok(outcome)
-            }
-        }
-    }
-
-    /// `true` when the transformation writes a new body.
-    pub fn changes_body(&self) -> bool {
-        match self {
-            Transformation::Template(t) => {
-                matches!(
-                    t.spec.body,
-                    BodySpec::Template(_) | BodySpec::MergeExtractorsToBody | BodySpec::MergeJsonKeys(_)
-                )
-            }
-            Transformation::HeaderBody { .. } => true,
-        }
-    }
-
-    /// `true` when a header template reads the body (`body()`, `context()`, JSON fields, body extractions).
-    pub fn headers_need_body(&self) -> bool {
-        match self {
-            Transformation::Template(t) => t.headers_need_body,
-            Transformation::HeaderBody { .. } => false,
+            Transformation::HeaderBody { add_request_metadata } => Ok(header_body(message, *add_request_metadata)),
         }
     }
 }
@@ -152,7 +111,6 @@ pub struct TemplateTransformation {
     env: Rc<HashMap<String, String>>,
     data_sources: Rc<BTreeMap<String, String>>,
     needs_body: bool,
-    headers_need_body: bool,
 }
 
 impl TemplateTransformation {
@@ -195,9 +153,7 @@ impl TemplateTransformation {
             merge_templates,
             env,
             needs_body: false,
-            headers_need_body: false,
         };
-        transformation.headers_need_body = transformation.compute_headers_need_body();
         transformation.needs_body = transformation.compute_needs_body();
         Ok(transformation)
     }
@@ -210,11 +166,11 @@ impl TemplateTransformation {
             BodySpec::Template(_) | BodySpec::MergeExtractorsToBody | BodySpec::MergeJsonKeys(_) => return true,
             BodySpec::Unchanged => {}
         }
-        self.spec.extractors.iter().any(|(_, e)| e.source == Source::Body) || self.headers_need_body
+        self.spec.extractors.iter().any(|(_, e)| e.source == Source::Body) || self.headers_need_body()
     }
 
     /// Whether a header template reads the body (directly, through the JSON context, or through a body extractor).
-    fn compute_headers_need_body(&self) -> bool {
+    fn headers_need_body(&self) -> bool {
         if self.spec.body == BodySpec::Passthrough {
             return false;
         }
@@ -250,14 +206,6 @@ impl TemplateTransformation {
 
     fn apply(&self, message: Message<'_>) -> Result<Outcome, String> {
         let spec = &self.spec;
-        let part = message.part;
-        // The headers part of a body-only transformation: nothing to render (the body part extracts again).
-        let changes_headers = !(self.header_templates.is_empty()
-            && self.append_templates.is_empty()
-            && spec.headers_to_remove.is_empty());
-        if part == Part::HeadersOnly && !changes_headers {
-            return Ok(Outcome::default());
-        }
         let body_text = String::from_utf8_lossy(message.body).into_owned();
         let mut json = Value::Null;
         if spec.parse_json && !message.body.is_empty() {
@@ -297,7 +245,6 @@ impl TemplateTransformation {
 
         // The body first (headers see the original body), as Gloo does; it replaces the old one at the end.
         let body = match &spec.body {
-            _ if part == Part::HeadersOnly => None,
             BodySpec::Template(_) => Some(self.templates.render("body", &data)?.into_bytes()),
             BodySpec::MergeExtractorsToBody => Some(data.context.to_string().into_bytes()),
             BodySpec::MergeJsonKeys(_) => {
@@ -316,9 +263,6 @@ impl TemplateTransformation {
 
         // Headers, in Gloo's order: `headers` (set; empty removes), `headers_to_remove`, `headers_to_append`.
         let mut ops = Vec::new();
-        if part == Part::BodyOnly {
-            return Ok(Outcome { ops, body });
-        }
         for (name, id) in &self.header_templates {
             let value = self.templates.render(id, &data)?;
             check_header(name, &value)?;
@@ -454,7 +398,7 @@ mod tests {
 
     fn request(headers: &[(&str, &str)], body: &'static [u8]) -> Message<'static> {
         let headers = pairs(headers);
-        Message { part: Part::All, request_headers: None, headers, body, is_request: true }
+        Message { request_headers: None, headers, body, is_request: true }
     }
 
     fn build(spec: TemplateSpec) -> TemplateTransformation {
@@ -482,20 +426,34 @@ mod tests {
     }
 
     #[test]
-    fn split_parts_headers_then_body() {
+    fn header_templates_read_the_body() {
+        // Header templates see the body as Gloo's do: JSON fields, body(), context() and body extractors, with
+        // the body template rendered from the same body in the same pass.
         let mut s = spec();
-        s.body = BodySpec::Template("{{ name }}".into());
-        let body_only = build(s.clone());
-        let mut message = request(&[(":path", "/p")], br#"{"name": "Ann"}"#);
-        message.part = Part::HeadersOnly;
-        assert_eq!(body_only.apply(message.clone()).unwrap(), Outcome::default());
-        message.part = Part::BodyOnly;
-        assert_eq!(body_only.apply(message.clone()).unwrap().body.unwrap(), b"Ann");
-        // With a header template the headers part renders it (and only it).
-        s.headers.push(("x-a".into(), "{{ header(\":path\") }}".into()));
-        message.part = Part::HeadersOnly;
-        let out = build(s).apply(message).unwrap();
-        assert_eq!((out.ops, out.body), (vec![HeaderOp::Set("x-a".into(), "/p".into())], None));
+        // Extract mode matches the whole body, as Gloo's does.
+        s.extractors.push((
+            "greeting".into(),
+            Extractor::new(Source::Body, r#".*"msg": "(\w+)".*"#, 1, Mode::Extract, None).unwrap(),
+        ));
+        s.headers.push(("x-name".into(), "{{ user.name }}".into()));
+        s.headers.push(("x-raw".into(), "{{ length(body()) }}".into()));
+        s.headers.push(("x-ctx".into(), "{{ length(context()) }}".into()));
+        s.headers_to_append.push(("x-greeting".into(), "{{ extraction(\"greeting\") }}".into()));
+        s.body = BodySpec::Template("{{ user.name }}!".into());
+        let t = build(s);
+        assert!(t.needs_body);
+        let body = br#"{"user": {"name": "Ann", "id": 7}, "msg": "hi"}"#;
+        let out = t.apply(request(&[(":path", "/p")], body)).unwrap();
+        assert_eq!(
+            out.ops,
+            vec![
+                HeaderOp::Set("x-name".into(), "Ann".into()),
+                HeaderOp::Set("x-raw".into(), body.len().to_string()),
+                HeaderOp::Set("x-ctx".into(), "3".into()),
+                HeaderOp::Append("x-greeting".into(), "hi".into()),
+            ]
+        );
+        assert_eq!(out.body.unwrap(), b"Ann!");
     }
 
     #[test]
@@ -695,7 +653,6 @@ mod tests {
         let mut s = spec();
         s.headers.push(("x-echo".into(), "{{ request_header(\"x-req\") }}/{{ header(\":status\") }}".into()));
         let message = Message {
-            part: Part::All,
             headers: pairs(&[(":status", "200")]),
             request_headers: Some(Rc::new(pairs(&[("x-req", "r")]))),
             body: b"",

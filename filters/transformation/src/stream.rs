@@ -1,0 +1,421 @@
+//! One request's journey through the transformation filter, driven through the shared [`Host`] trait (no
+//! proxy-wasm here): picks the rule and transformations, holds a message until its body is complete when a
+//! transformation reads the body (header templates included), then transforms headers and body at once, with
+//! `content-length` set to the new body's length; decodes and re-encodes gzip/deflate bodies; answers errors.
+//!
+//! Holding the headers needs `allow_on_headers_stop_iteration: true` in the Wasm filter's config (Envoy >= 1.35).
+
+use std::rc::Rc;
+
+use shared::body::{BodyLimit, BodyProgress};
+use shared::host::{Filter, Flow, Host, RequestView, Side, Stream};
+use shared::metrics::{Counter, Gauge};
+use shared::request::{is_grpc, RequestHeaders};
+use shared::LocalReply;
+
+use crate::body::{self, DecodeError, Encoding};
+use crate::config::{self, Config, FILTER};
+use crate::transform::{HeaderOp, Message, Transformation};
+
+struct Metrics {
+    request_header: Counter,
+    request_body: Counter,
+    response_header: Counter,
+    response_body: Counter,
+    request_errors: Counter,
+    response_errors: Counter,
+    body_too_large: Counter,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let c = |name| Counter::define(&[FILTER, name]);
+        Metrics {
+            request_header: c("request_header_transformations"),
+            request_body: c("request_body_transformations"),
+            response_header: c("response_header_transformations"),
+            response_body: c("response_body_transformations"),
+            request_errors: c("request_errors"),
+            response_errors: c("response_errors"),
+            body_too_large: c("body_too_large"),
+        }
+    }
+
+    /// Counts a transformation applied in full: a header-only one, or one that reads the body.
+    fn applied(&self, side: Side, read_body: bool) {
+        let counter = match (side, read_body) {
+            (Side::Request, false) => &self.request_header,
+            (Side::Request, true) => &self.request_body,
+            (Side::Response, false) => &self.response_header,
+            (Side::Response, true) => &self.response_body,
+        };
+        counter.inc();
+    }
+}
+
+/// The filter as configured (one per plugin configuration and worker VM).
+pub struct TransformationFilter {
+    config: Config,
+    limit: BodyLimit,
+    metrics: Metrics,
+}
+
+impl Filter for TransformationFilter {
+    const NAME: &'static str = FILTER;
+    type Stream = TransformationStream;
+
+    fn configure(_host: &dyn Host, bytes: &[u8], _previous: Option<&Self>) -> Result<Self, String> {
+        let config = config::parse(bytes).map_err(|err| err.to_string())?;
+        let rules = config.rule_count();
+        Gauge::define(&[FILTER, "rules"]).set(u64::try_from(rules).unwrap_or(u64::MAX));
+        log::info!("{FILTER}: configuration applied ({rules} rules)");
+        Ok(TransformationFilter { limit: BodyLimit::new(config.max_body), config, metrics: Metrics::define() })
+    }
+
+    fn stream(filter: Rc<Self>) -> TransformationStream {
+        TransformationStream {
+            filter,
+            rule: None,
+            is_grpc: false,
+            response: None,
+            request_headers: None,
+            request: Phase::Pass,
+            response_phase: Phase::Pass,
+        }
+    }
+}
+
+/// A transformation waiting for the end of its message's body, with the headers as they were when it was held
+/// (nothing can change them while they are held).
+struct Held {
+    transformation: Rc<Transformation>,
+    headers: Vec<(String, String)>,
+}
+
+/// Where one message of the exchange is.
+enum Phase {
+    /// Nothing to do (no transformation, or done).
+    Pass,
+    /// Held until the body is complete.
+    Held(Held),
+    /// Responses only: the upstream's response became an error; its body is dropped as it streams, and the
+    /// error body (if not yet sent) goes out in place of the first chunk.
+    Replacing(Option<Vec<u8>>),
+}
+
+/// Why a transformation failed.
+#[derive(Debug)]
+enum Failure {
+    /// A render error, an unparsable JSON body, an unsafe header value, a corrupt compressed body.
+    Invalid(String),
+    /// The body (declared, buffered or decoded) is over `max_body_size`.
+    TooLarge,
+    /// The host refused to give or take the body.
+    Host(String),
+}
+
+/// One request through the filter.
+pub struct TransformationStream {
+    filter: Rc<TransformationFilter>,
+    /// The rule the request matched (its response matchers apply to the response).
+    rule: Option<usize>,
+    is_grpc: bool,
+    /// The response transformation the request match chose.
+    response: Option<Rc<Transformation>>,
+    /// The request's headers, for `request_header()` in response transformations (Envoy no longer gives them
+    /// once they went on). Kept only when a response transformation may run.
+    request_headers: Option<Rc<Vec<(String, String)>>>,
+    request: Phase,
+    response_phase: Phase,
+}
+
+/// A message whose body is a tunnel (WebSocket and other upgrades, CONNECT, a 101 answer) has no end to wait
+/// for: it is transformed as a message without a body.
+fn is_tunnel(headers: &[(String, String)]) -> bool {
+    headers.iter().any(|(name, value)| match name.as_str() {
+        "upgrade" => true,
+        ":method" => value.eq_ignore_ascii_case("CONNECT"),
+        ":status" => value.trim() == "101",
+        _ => false,
+    })
+}
+
+impl TransformationStream {
+    /// Runs a transformation over the whole message and applies it: the body (`body_size` bytes buffered, or
+    /// none when the message has no body to read), then the header changes, then `content-length` (and
+    /// `content-encoding`) for a new body.
+    fn transform(
+        &self,
+        host: &dyn Host,
+        side: Side,
+        transformation: &Transformation,
+        headers: Vec<(String, String)>,
+        body_size: Option<usize>,
+    ) -> Result<(), Failure> {
+        let filter = &self.filter;
+        let encoding = Encoding::from_header(headers.header("content-encoding").as_deref());
+        let raw = match body_size {
+            Some(size) => host.body(side, size).map_err(|err| Failure::Host(format!("cannot read the body: {err}")))?,
+            None => Vec::new(),
+        };
+        let decoded = if encoding.is_compressed() && !raw.is_empty() {
+            match body::decode(&raw, encoding, filter.config.max_body) {
+                Ok(decoded) => decoded,
+                Err(DecodeError::TooLarge) => return Err(Failure::TooLarge),
+                Err(DecodeError::Corrupt(reason)) => return Err(Failure::Invalid(reason)),
+            }
+        } else {
+            raw
+        };
+        let request_headers = match side {
+            Side::Request => None,
+            Side::Response => self.request_headers.clone(),
+        };
+        let message = Message { headers, request_headers, body: &decoded, is_request: side == Side::Request };
+        let outcome = transformation.apply(message).map_err(Failure::Invalid)?;
+        // A message whose headers ended the stream cannot get a body (the Wasm ABI has no way to add one).
+        let new_body = match (outcome.body, body_size) {
+            (Some(new_body), Some(size)) => {
+                let encoded = if encoding.is_compressed() && filter.config.reencode {
+                    body::encode(&new_body, encoding)
+                } else {
+                    new_body
+                };
+                host.set_body(side, size, &encoded)
+                    .map_err(|err| Failure::Host(format!("cannot replace the body: {err}")))?;
+                Some(encoded.len())
+            }
+            _ => None,
+        };
+        apply_ops(host, side, &outcome.ops);
+        if let Some(length) = new_body {
+            set_header(host, side, "content-length", Some(&length.to_string()));
+            // The length delimits the body now (HTTP/1 chunked framing would contradict it).
+            set_header(host, side, "transfer-encoding", None);
+            if encoding.is_compressed() && !filter.config.reencode {
+                set_header(host, side, "content-encoding", None);
+            }
+        }
+        filter.metrics.applied(side, transformation.needs_body());
+        Ok(())
+    }
+
+    /// The request cannot go on: the client gets the error and the upstream nothing.
+    fn request_failed(&self, failure: Failure) -> Flow {
+        let metrics = &self.filter.metrics;
+        let (status, message, details) = match failure {
+            Failure::Invalid(reason) => {
+                metrics.request_errors.inc();
+                (400, format!("bad request: {reason}"), "transformation_bad_request")
+            }
+            Failure::TooLarge => {
+                metrics.body_too_large.inc();
+                (413, self.filter.limit.too_large_message(), "transformation_body_too_large")
+            }
+            Failure::Host(reason) => {
+                metrics.request_errors.inc();
+                (500, reason, "transformation_host_error")
+            }
+        };
+        log::warn!("{FILTER}: request refused ({status}): {message}");
+        Flow::Reply(LocalReply::error(FILTER, status, &message, self.is_grpc).with_details(details))
+    }
+
+    /// The response cannot be transformed: it becomes the error (500, or 413 for a body over the limit), as in
+    /// Gloo. Its headers are still held here, so status, headers and `content-length` are set now; the error body
+    /// replaces the buffered body (`body_size`), or the first body chunk still to come (`None`).
+    fn response_failed(&mut self, host: &dyn Host, failure: Failure, body_size: Option<usize>, end_of_stream: bool) {
+        let metrics = &self.filter.metrics;
+        let (status, message) = match failure {
+            Failure::TooLarge => {
+                metrics.body_too_large.inc();
+                (413, self.filter.limit.too_large_message())
+            }
+            Failure::Invalid(reason) | Failure::Host(reason) => {
+                metrics.response_errors.inc();
+                (500, format!("response transformation failed: {reason}"))
+            }
+        };
+        log::warn!("{FILTER}: response replaced ({status}): {message}");
+        let reply = LocalReply::error(FILTER, status, &message, false);
+        let length = match body_size {
+            Some(size) => match host.set_body(Side::Response, size, &reply.body) {
+                Ok(()) => Some(reply.body.len()),
+                Err(err) => {
+                    // What is buffered goes out instead; Envoy frames it.
+                    log::warn!("{FILTER}: cannot replace the response body: {err}");
+                    None
+                }
+            },
+            // The headers end the response: it cannot get a body.
+            None if end_of_stream => Some(0),
+            None => Some(reply.body.len()),
+        };
+        set_header(host, Side::Response, ":status", Some(&status.to_string()));
+        for name in ["content-encoding", "transfer-encoding"] {
+            set_header(host, Side::Response, name, None);
+        }
+        set_header(host, Side::Response, "content-length", length.map(|n| n.to_string()).as_deref());
+        for (name, value) in &reply.headers {
+            set_header(host, Side::Response, name, Some(value));
+        }
+        self.response_phase = Phase::Replacing((body_size.is_none() && !end_of_stream).then_some(reply.body));
+    }
+
+    fn response_transformation(&self, host: &dyn Host, headers: &[(String, String)]) -> Option<Rc<Transformation>> {
+        if let Some(t) = &self.response {
+            return Some(t.clone());
+        }
+        let rule = self.rule.and_then(|index| self.filter.config.rules.get(index))?;
+        if rule.response_matches.is_empty() {
+            return None;
+        }
+        let details = host.property_text(&["response", "code_details"]).unwrap_or_else(|err| {
+            log::warn!("{FILTER}: response.code_details unavailable: {err}");
+            None
+        });
+        let details = details.unwrap_or_default();
+        rule.response_matches
+            .iter()
+            .find(|m| {
+                m.headers.matches(headers) && m.response_code_details.as_ref().is_none_or(|d| d.matches(&details))
+            })
+            .map(|m| m.response.clone())
+    }
+}
+
+fn set_header(host: &dyn Host, side: Side, name: &str, value: Option<&str>) {
+    let result = match value {
+        Some(value) => host.set_header(side, name, value.as_bytes()),
+        None => host.remove_header(side, name),
+    };
+    if let Err(err) = result {
+        log::warn!("{FILTER}: cannot change header {name}: {err}");
+    }
+}
+
+fn apply_ops(host: &dyn Host, side: Side, ops: &[HeaderOp]) {
+    for op in ops {
+        match op {
+            HeaderOp::Set(name, value) => set_header(host, side, name, Some(value)),
+            HeaderOp::Remove(name) => set_header(host, side, name, None),
+            HeaderOp::Append(name, value) => {
+                if let Err(err) = host.add_header(side, name, value.as_bytes()) {
+                    log::warn!("{FILTER}: cannot add header {name}: {err}");
+                }
+            }
+        }
+    }
+}
+
+impl Stream for TransformationStream {
+    fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
+        let filter = self.filter.clone();
+        // All headers at once: matching and transforming need several, and each single read costs a VM call.
+        let request = RequestView::new(host);
+        let Some((index, rule)) = filter.config.rules.iter().enumerate().find(|(_, r)| r.matcher.matches(&request))
+        else {
+            return Flow::Continue;
+        };
+        self.rule = Some(index);
+        let entry = rule.request_matches.iter().find(|m| m.matcher.matches(&request));
+        self.response = entry.and_then(|e| e.response.clone());
+        if self.response.is_some() || !rule.response_matches.is_empty() {
+            self.request_headers = Some(Rc::new(request.pairs().clone()));
+        }
+        let Some(t) = entry.and_then(|e| e.request.clone()) else { return Flow::Continue };
+        self.is_grpc = is_grpc(request.header("content-type").as_deref());
+        let headers = request.into_pairs();
+        if !t.needs_body() || end_of_stream || is_tunnel(&headers) {
+            return match self.transform(host, Side::Request, &t, headers, None) {
+                Ok(()) => Flow::Continue,
+                Err(failure) => self.request_failed(failure),
+            };
+        }
+        if filter.limit.declared_too_large(headers.header("content-length").as_deref()) {
+            return self.request_failed(Failure::TooLarge);
+        }
+        self.request = Phase::Held(Held { transformation: t, headers });
+        Flow::Buffer
+    }
+
+    fn on_request_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Flow {
+        if !matches!(self.request, Phase::Held(_)) {
+            return Flow::Continue;
+        }
+        match self.filter.limit.progress(body_size, end_of_stream) {
+            BodyProgress::Buffering => Flow::Buffer,
+            BodyProgress::TooLarge => {
+                self.request = Phase::Pass;
+                self.request_failed(Failure::TooLarge)
+            }
+            BodyProgress::Complete => {
+                let Phase::Held(held) = std::mem::replace(&mut self.request, Phase::Pass) else {
+                    return Flow::Continue;
+                };
+                match self.transform(host, Side::Request, &held.transformation, held.headers, Some(body_size)) {
+                    Ok(()) => Flow::Continue,
+                    Err(failure) => self.request_failed(failure),
+                }
+            }
+        }
+    }
+
+    fn on_response_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
+        if self.rule.is_none() {
+            return Flow::Continue;
+        }
+        let headers = match host.headers_text(Side::Response) {
+            Ok(headers) => headers,
+            Err(err) => {
+                log::warn!("{FILTER}: response headers unavailable, response not transformed: {err}");
+                return Flow::Continue;
+            }
+        };
+        let Some(t) = self.response_transformation(host, &headers) else { return Flow::Continue };
+        if !t.needs_body() || end_of_stream || is_tunnel(&headers) {
+            if let Err(failure) = self.transform(host, Side::Response, &t, headers, None) {
+                self.response_failed(host, failure, None, end_of_stream);
+            }
+            return Flow::Continue;
+        }
+        if self.filter.limit.declared_too_large(headers.header("content-length").as_deref()) {
+            self.response_failed(host, Failure::TooLarge, None, false);
+            return Flow::Continue;
+        }
+        self.response_phase = Phase::Held(Held { transformation: t, headers });
+        Flow::Buffer
+    }
+
+    fn on_response_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Flow {
+        match &mut self.response_phase {
+            Phase::Pass => Flow::Continue,
+            Phase::Replacing(error_body) => {
+                let replacement = error_body.take().unwrap_or_default();
+                if let Err(err) = host.set_body(Side::Response, body_size, &replacement) {
+                    log::warn!("{FILTER}: cannot replace the response body: {err}");
+                }
+                Flow::Continue
+            }
+            Phase::Held(_) => match self.filter.limit.progress(body_size, end_of_stream) {
+                BodyProgress::Buffering => Flow::Buffer,
+                BodyProgress::TooLarge => {
+                    // What is buffered becomes the error now; the rest of the upstream body is dropped as it comes.
+                    self.response_failed(host, Failure::TooLarge, Some(body_size), end_of_stream);
+                    Flow::Continue
+                }
+                BodyProgress::Complete => {
+                    let Phase::Held(held) = std::mem::replace(&mut self.response_phase, Phase::Pass) else {
+                        return Flow::Continue;
+                    };
+                    let result =
+                        self.transform(host, Side::Response, &held.transformation, held.headers, Some(body_size));
+                    if let Err(failure) = result {
+                        self.response_failed(host, failure, Some(body_size), end_of_stream);
+                    }
+                    Flow::Continue
+                }
+            },
+        }
+    }
+}
