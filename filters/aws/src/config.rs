@@ -1,5 +1,7 @@
 //! Plugin configuration of the `aws` filter: parsing and validation (pure, unit-tested).
 
+use std::rc::Rc;
+
 use serde::Deserialize;
 use shared::config::{self, ConfigError};
 use shared::{ByteSize, DurationStr, RouteMatch};
@@ -29,6 +31,11 @@ pub const NEVER_SIGNED: &[&str] = &[
     "upgrade",
     "via",
 ];
+
+/// `cluster` (top-level and per function) named where the filter sent requests it made itself. It signs in place
+/// now, so a leftover value is refused rather than ignored: the cluster it named is no longer needed either.
+const NO_CLUSTER: &str = "no longer used: signed requests and Lambda invocations are rewritten in place and Envoy \
+                          sends them to the route's cluster; remove `cluster` (and the extra cluster it named)";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,10 +162,12 @@ pub struct Config {
     pub max_body: usize,
     /// Lower-case names (or `prefix*`) never signed: [`NEVER_SIGNED`] plus `unsigned_headers`.
     pub unsigned_headers: Vec<String>,
-    /// Where requests with a signed body are sent from the filter; `None`: the request's own cluster.
-    pub cluster: Option<String>,
-    pub timeout_ms: u32,
-    pub lambda: Option<Lambda>,
+    /// `unsigned_headers` as configured (lower-case): the client headers a Lambda invocation keeps (tracing).
+    pub extra_unsigned_headers: Vec<String>,
+    /// The upstream timeout of the requests the filter signs or turns into Lambda invocations (set with
+    /// `x-envoy-upstream-rq-timeout-ms`); `None`: the route's.
+    pub timeout_ms: Option<u32>,
+    pub lambda: Option<Rc<Lambda>>,
     pub rules: Vec<Rule>,
 }
 
@@ -166,7 +175,7 @@ pub struct Config {
 pub struct Rule {
     pub matcher: RouteMatch,
     /// `None`: matching requests are only signed.
-    pub lambda: Option<Lambda>,
+    pub lambda: Option<Rc<Lambda>>,
 }
 
 #[derive(Debug, Clone)]
@@ -176,9 +185,8 @@ pub struct Lambda {
     pub qualifier: Option<String>,
     pub invocation: Invocation,
     pub format: Format,
-    /// The cluster the invocation is sent to; `None`: the cluster the request was routed to.
-    pub cluster: Option<String>,
-    pub timeout_ms: u32,
+    /// This function's upstream timeout; `None`: the top-level `timeout`, else the route's.
+    pub timeout_ms: Option<u32>,
 }
 
 /// Where the signing credentials come from.
@@ -187,7 +195,7 @@ pub enum CredentialSource {
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` from the VM's environment.
     Env,
     Inline(Credentials),
-    /// Temporary credentials from STS, fetched with `dispatch_http_call`, cached in shared data.
+    /// Temporary credentials from STS (or the ECS endpoint), fetched with an HTTP callout, cached in shared data.
     Sts(Sts),
 }
 
@@ -216,7 +224,7 @@ pub enum StsKind {
 impl Config {
     /// The Lambda settings that apply to a request: the first matching rule decides; with no matching rule the
     /// top-level `lambda` (or none: sign only).
-    pub fn lambda_for<R: shared::RequestHeaders + ?Sized>(&self, request: &R) -> Option<&Lambda> {
+    pub fn lambda_for<R: shared::RequestHeaders + ?Sized>(&self, request: &R) -> Option<&Rc<Lambda>> {
         match self.rules.iter().find(|rule| rule.matcher.matches(request)) {
             Some(rule) => rule.lambda.as_ref(),
             None => self.lambda.as_ref(),
@@ -225,10 +233,30 @@ impl Config {
 
     /// `true` when a header (lower-case name) must not be signed.
     pub fn is_unsigned_header(&self, name: &str) -> bool {
-        self.unsigned_headers.iter().any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => name == pattern,
-        })
+        self.unsigned_headers.iter().any(|pattern| matches_pattern(pattern, name))
+    }
+
+    /// `true` for a client header that a Lambda invocation keeps: Envoy's own (`x-envoy-*`, `x-forwarded-*`,
+    /// `x-request-id`) and the configured `unsigned_headers` (tracing). Every other client header is dropped: the
+    /// Invoke API is not the client's API.
+    pub fn lambda_keeps_header(&self, name: &str) -> bool {
+        name.starts_with("x-envoy-")
+            || name.starts_with("x-forwarded-")
+            || name == "x-request-id"
+            || self.extra_unsigned_headers.iter().any(|pattern| matches_pattern(pattern, name))
+    }
+
+    /// The upstream timeout for a request (a function's own, else the top-level one).
+    pub fn timeout_for(&self, lambda: Option<&Lambda>) -> Option<u32> {
+        lambda.and_then(|l| l.timeout_ms).or(self.timeout_ms)
+    }
+}
+
+/// `name` matches `pattern` (a name, or a prefix ending in `*`).
+fn matches_pattern(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pattern,
     }
 }
 
@@ -254,6 +282,7 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         Some(c) => credentials(c, &raw.region).map_err(|e| e.under("credentials"))?,
     };
     let mut unsigned_headers: Vec<String> = NEVER_SIGNED.iter().map(|s| s.to_string()).collect();
+    let mut extra_unsigned_headers = Vec::with_capacity(raw.unsigned_headers.len());
     for (i, name) in raw.unsigned_headers.iter().enumerate() {
         let lower = name.to_ascii_lowercase();
         let bare = lower.strip_suffix('*').unwrap_or(&lower);
@@ -266,6 +295,7 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
                 format!("{name:?} must be signed (host and x-amz-* always are)"),
             ));
         }
+        extra_unsigned_headers.push(lower.clone());
         unsigned_headers.push(lower);
     }
     let uses_lambda = raw.lambda.is_some() || raw.rules.iter().any(|r| r.lambda.is_some());
@@ -275,14 +305,18 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
             format!("Lambda invocations are signed for service \"lambda\", not {:?}", raw.service),
         ));
     }
-    let lambda = raw.lambda.map(|l| lambda_config(l, &raw.region).map_err(|e| e.under("lambda"))).transpose()?;
+    let lambda =
+        raw.lambda.map(|l| lambda_config(l, &raw.region).map(Rc::new).map_err(|e| e.under("lambda"))).transpose()?;
     let mut rules = Vec::with_capacity(raw.rules.len());
     for (i, rule) in raw.rules.into_iter().enumerate() {
         let lambda = rule
             .lambda
-            .map(|l| lambda_config(l, &raw.region).map_err(|e| e.under(&format!("rules[{i}].lambda"))))
+            .map(|l| lambda_config(l, &raw.region).map(Rc::new).map_err(|e| e.under(&format!("rules[{i}].lambda"))))
             .transpose()?;
         rules.push(Rule { matcher: rule.matcher, lambda });
+    }
+    if raw.cluster.is_some() {
+        return Err(ConfigError::at("cluster", NO_CLUSTER));
     }
     Ok(Config {
         region: raw.region,
@@ -292,8 +326,8 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         payload: raw.payload,
         max_body: raw.max_body.map_or(1 << 20, ByteSize::as_usize),
         unsigned_headers,
-        cluster: raw.cluster.filter(|c| !c.is_empty()),
-        timeout_ms: raw.timeout.map_or(30_000, DurationStr::as_millis_u32),
+        extra_unsigned_headers,
+        timeout_ms: raw.timeout.map(DurationStr::as_millis_u32),
         lambda,
         rules,
     })
@@ -309,18 +343,15 @@ fn lambda_config(raw: RawLambda, region: &str) -> Result<Lambda, ConfigError> {
             ));
         }
     }
-    if let Some(cluster) = &raw.cluster {
-        if cluster.is_empty() {
-            return Err(ConfigError::at("cluster", "must not be empty"));
-        }
+    if raw.cluster.is_some() {
+        return Err(ConfigError::at("cluster", NO_CLUSTER));
     }
     Ok(Lambda {
         function: raw.function,
         qualifier: raw.qualifier,
         invocation: raw.invocation,
         format: raw.format,
-        cluster: raw.cluster,
-        timeout_ms: raw.timeout.map_or(30_000, DurationStr::as_millis_u32),
+        timeout_ms: raw.timeout.map(DurationStr::as_millis_u32),
     })
 }
 
@@ -467,6 +498,7 @@ mod tests {
         assert_eq!(config.payload, Payload::Signed);
         assert_eq!(config.max_body, 1 << 20);
         assert!(config.lambda.is_none() && config.rules.is_empty());
+        assert_eq!(config.timeout_ms, None);
     }
 
     #[test]
@@ -475,9 +507,9 @@ mod tests {
             br#"{
               "region": "us-east-1", "service": "lambda", "host": "lambda.us-east-1.amazonaws.com",
               "credentials": {"source": "env"}, "payload": "signed", "max_body": "64KiB",
-              "unsigned_headers": ["X-Trace-*", "x-b3-traceid"],
+              "unsigned_headers": ["X-Trace-*", "x-b3-traceid"], "timeout": "5s",
               "lambda": {"function": "arn:aws:lambda:us-east-1:123456789012:function:orders", "qualifier": "live",
-                         "invocation": "sync", "format": "raw"},
+                         "invocation": "sync", "format": "raw", "timeout": "2s"},
               "rules": [{"match": {"prefix": "/orders"}, "lambda": {"function": "orders", "format": "api_gateway",
                          "invocation": "async"}}, {"match": {"prefix": "/plain"}}]
             }"#,
@@ -490,6 +522,11 @@ mod tests {
         assert!(!config.is_unsigned_header("content-type"));
         let lambda = config.lambda.as_ref().unwrap();
         assert_eq!(lambda.qualifier.as_deref(), Some("live"));
+        assert_eq!(config.timeout_for(Some(lambda)), Some(2000));
+        assert_eq!(config.timeout_for(config.rules[0].lambda.as_deref()), Some(5000));
+        assert_eq!(config.timeout_for(None), Some(5000));
+        assert!(config.lambda_keeps_header("x-trace-id") && config.lambda_keeps_header("x-envoy-original-path"));
+        assert!(!config.lambda_keeps_header("accept") && !config.lambda_keeps_header("x-envoy"));
         let rule = config.rules[0].lambda.as_ref().unwrap();
         assert_eq!((rule.invocation, rule.format), (Invocation::Async, Format::ApiGateway));
         let req = |path: &str| vec![(":path".to_string(), path.to_string())];
@@ -587,6 +624,11 @@ mod tests {
                 r#"unsigned_headers[1]: "x-amz-*" must be signed"#,
             ),
             (r#"{"region": "us-east-1", "service": "s3", "host": "a b"}"#, r#"host: invalid host "a b""#),
+            (r#"{"region": "us-east-1", "service": "s3", "cluster": "aws_direct"}"#, "cluster: no longer used"),
+            (
+                r#"{"region": "us-east-1", "service": "lambda", "lambda": {"function": "f", "cluster": "c"}}"#,
+                "lambda.cluster: no longer used",
+            ),
             (
                 r#"{"region": "us-east-1", "service": "s3", "lambda": {"function": "f"}}"#,
                 r#"service: Lambda invocations are signed for service "lambda", not "s3""#,

@@ -1,6 +1,6 @@
 //! Credentials, pure: from the environment, STS requests and responses, and the cache of temporary credentials
-//! that all worker VMs share (through a [`SharedStore`], which the filter implements over proxy-wasm shared data
-//! and the tests over a `HashMap`).
+//! that all worker VMs share (through shared's [`SharedStore`]: Envoy's shared data in the filter, a
+//! [`shared::store::MemoryStore`] with Envoy's semantics in the tests).
 //!
 //! Cache protocol: one key holds the credentials and their expiry (JSON), one key is a refresh lock holding the
 //! time until which a worker owns the refresh. A worker that finds the credentials missing, or within
@@ -9,6 +9,8 @@
 //! whose owner went away expires after its lease.
 
 use serde::{Deserialize, Serialize};
+use shared::store::{SharedStore, CREATE_CAS};
+use shared::HostError;
 
 use crate::config::{Sts, StsKind};
 use crate::sigv4::{self, Credentials, PathRules, Request, Scope};
@@ -192,14 +194,6 @@ fn xml_text<'t>(text: &'t str, tag: &str) -> Option<&'t str> {
     rest.get(..end).map(str::trim)
 }
 
-/// Shared data as the cache sees it: values with a compare-and-swap version.
-pub trait SharedStore {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Writes `value` if the key's version is still `cas` (`None`: unconditionally). `false` on a CAS mismatch
-    /// or any other refusal.
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
-}
-
 /// What the cache holds for a request at `now`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -212,30 +206,39 @@ pub enum Lookup {
 }
 
 /// The cache of one credential source, under `key` (e.g. `aws.creds.<hash of the role>`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cache {
     key: String,
     lock_key: String,
 }
-
-/// A CAS value no live shared-data entry has: creating the lock key with it succeeds only while the key does not
-/// exist (see ../shared/DESIGN.md, "Shared-data CAS quirk").
-const CREATE_ONLY_CAS: u32 = u32::MAX;
 
 impl Cache {
     pub fn new(key: &str) -> Self {
         Cache { key: key.to_string(), lock_key: format!("{key}.lock") }
     }
 
-    /// Creates the lock key if it does not exist yet, so that taking the lock is always a real CAS.
-    pub fn init(&self, store: &impl SharedStore) {
-        if store.get(&self.lock_key).0.is_none() {
-            store.set(&self.lock_key, b"0", Some(CREATE_ONLY_CAS));
+    /// Creates the lock key if it does not exist yet, so that taking the lock is always a real CAS. Call after
+    /// [`shared::store::reserve_create_cas`].
+    pub fn init(&self, store: &(impl SharedStore + ?Sized)) -> Result<(), HostError> {
+        if store.get(&self.lock_key)?.1.is_none() {
+            match store.compare_and_set(&self.lock_key, Some(b"0"), CREATE_CAS) {
+                Ok(()) | Err(HostError::CasMismatch) => {}
+                Err(err) => return Err(err),
+            }
         }
+        Ok(())
     }
 
-    pub fn lookup(&self, store: &impl SharedStore, now: u64) -> Lookup {
-        let Some(bytes) = store.get(&self.key).0 else { return Lookup::Missing };
+    /// What the cache holds at `now`. Shared data that cannot be read reads as missing (the caller fetches).
+    pub fn lookup(&self, store: &(impl SharedStore + ?Sized), now: u64) -> Lookup {
+        let bytes = match store.get(&self.key) {
+            Ok((Some(bytes), _)) => bytes,
+            Ok((None, _)) => return Lookup::Missing,
+            Err(err) => {
+                log::warn!("aws: cached credentials unreadable: {err}");
+                return Lookup::Missing;
+            }
+        };
         match serde_json::from_slice::<Temporary>(&bytes) {
             Ok(t) if now.saturating_add(EXPIRY_MARGIN_SECONDS) < t.expires => Lookup::Valid {
                 credentials: t.credentials(),
@@ -245,29 +248,30 @@ impl Cache {
         }
     }
 
-    /// Takes the refresh lock for [`LOCK_LEASE_SECONDS`]; `false` when another worker holds it.
-    pub fn try_lock(&self, store: &impl SharedStore, now: u64) -> bool {
-        let (value, cas) = store.get(&self.lock_key);
-        let Some(cas) = cas else {
-            // The key does not exist (init not run): create it with the lease, create-only.
-            return store.set(&self.lock_key, lease(now).as_bytes(), Some(CREATE_ONLY_CAS));
-        };
+    /// Takes the refresh lock for [`LOCK_LEASE_SECONDS`]: `Ok(false)` when another worker holds it (or just took
+    /// it).
+    pub fn try_lock(&self, store: &(impl SharedStore + ?Sized), now: u64) -> Result<bool, HostError> {
+        let (value, cas) = store.get(&self.lock_key)?;
         let held_until = value.and_then(|v| String::from_utf8(v).ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        if held_until > now {
-            return false;
+        if cas.is_some() && held_until > now {
+            return Ok(false);
         }
-        store.set(&self.lock_key, lease(now).as_bytes(), Some(cas))
+        // No key yet (init did not run): create it with the lease, create-only.
+        let cas = cas.unwrap_or(CREATE_CAS);
+        match store.compare_and_set(&self.lock_key, Some(lease(now).as_bytes()), cas) {
+            Ok(()) => Ok(true),
+            Err(HostError::CasMismatch) => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
-    pub fn unlock(&self, store: &impl SharedStore) {
-        store.set(&self.lock_key, b"0", None);
+    pub fn unlock(&self, store: &(impl SharedStore + ?Sized)) -> Result<(), HostError> {
+        store.compare_and_set(&self.lock_key, Some(b"0"), 0)
     }
 
-    pub fn store(&self, store: &impl SharedStore, credentials: &Temporary) -> bool {
-        match serde_json::to_vec(credentials) {
-            Ok(bytes) => store.set(&self.key, &bytes, None),
-            Err(_) => false,
-        }
+    pub fn store(&self, store: &(impl SharedStore + ?Sized), credentials: &Temporary) -> Result<(), HostError> {
+        let bytes = serde_json::to_vec(credentials).map_err(|_| HostError::SerializationFailure)?;
+        store.compare_and_set(&self.key, Some(&bytes), 0)
     }
 }
 
@@ -297,38 +301,8 @@ impl Sts {
 mod tests {
     use super::*;
     use crate::config::CredentialSource;
-    use std::cell::RefCell;
+    use shared::store::{reserve_create_cas, MemoryStore};
     use std::collections::HashMap;
-
-    /// Shared data with Envoy's semantics: a missing key is written whatever the CAS; an existing one only when
-    /// the CAS matches (or none is given).
-    #[derive(Default)]
-    struct MemoryStore {
-        entries: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-        next_cas: RefCell<u32>,
-    }
-
-    impl SharedStore for MemoryStore {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            match self.entries.borrow().get(key) {
-                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-                None => (None, None),
-            }
-        }
-
-        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-            let mut entries = self.entries.borrow_mut();
-            if let (Some((_, current)), Some(cas)) = (entries.get(key), cas) {
-                if *current != cas {
-                    return false;
-                }
-            }
-            *self.next_cas.borrow_mut() += 1;
-            let version = *self.next_cas.borrow();
-            entries.insert(key.to_string(), (value.to_vec(), version));
-            true
-        }
-    }
 
     fn sts(kind: StsKind) -> Sts {
         Sts {
@@ -427,25 +401,26 @@ mod tests {
     #[test]
     fn cache_shares_refreshes_and_locks() {
         let store = MemoryStore::default();
+        reserve_create_cas(&store, "aws.").unwrap();
         let cache = Cache::new("aws.creds.k");
-        cache.init(&store);
-        cache.init(&store); // idempotent
+        cache.init(&store).unwrap();
+        cache.init(&store).unwrap(); // idempotent
         assert_eq!(cache.lookup(&store, 1000), Lookup::Missing);
 
         // One worker takes the lock, the others cannot until it is released or its lease ran out.
-        assert!(cache.try_lock(&store, 1000));
-        assert!(!cache.try_lock(&store, 1001));
-        assert!(cache.try_lock(&store, 1000 + LOCK_LEASE_SECONDS + 1));
-        cache.unlock(&store);
-        assert!(cache.try_lock(&store, 1100));
+        assert_eq!(cache.try_lock(&store, 1000), Ok(true));
+        assert_eq!(cache.try_lock(&store, 1001), Ok(false));
+        assert_eq!(cache.try_lock(&store, 1000 + LOCK_LEASE_SECONDS + 1), Ok(true));
+        cache.unlock(&store).unwrap();
+        assert_eq!(cache.try_lock(&store, 1100), Ok(true));
         let t = Temporary {
             access_key_id: "A".into(),
             secret_access_key: "S".into(),
             session_token: "T".into(),
             expires: 5000,
         };
-        assert!(cache.store(&store, &t));
-        cache.unlock(&store);
+        cache.store(&store, &t).unwrap();
+        cache.unlock(&store).unwrap();
 
         assert_eq!(cache.lookup(&store, 1100), Lookup::Valid { credentials: t.credentials(), refresh: false });
         assert_eq!(
@@ -458,9 +433,19 @@ mod tests {
     #[test]
     fn lock_creation_without_init_is_create_only() {
         let store = MemoryStore::default();
+        reserve_create_cas(&store, "aws.").unwrap();
         let cache = Cache::new("k");
-        assert!(cache.try_lock(&store, 10));
-        assert!(!cache.try_lock(&store, 11));
+        assert_eq!(cache.try_lock(&store, 10), Ok(true));
+        assert_eq!(cache.try_lock(&store, 11), Ok(false));
+    }
+
+    #[test]
+    fn shared_data_errors_are_reported() {
+        let host = shared::host::FakeHost::default();
+        let cache = Cache::new("k");
+        host.fail("shared_get", HostError::InternalFailure);
+        assert_eq!(cache.lookup(&host, 10), Lookup::Missing);
+        assert_eq!(cache.try_lock(&host, 10), Err(HostError::InternalFailure));
     }
 
     #[test]

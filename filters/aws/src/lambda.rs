@@ -163,7 +163,29 @@ pub enum Outcome {
         body: Vec<u8>,
     },
     /// 502 with this message (no secrets: it names the status and the error type AWS gave).
-    BadGateway(String),
+    BadGateway(Failure, String),
+}
+
+/// Why an invocation ends in a 502.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The function ran and failed (`x-amz-function-error`).
+    FunctionError,
+    /// AWS refused the Invoke call (an AWS error status).
+    InvokeFailed,
+    /// The function's answer is not an API Gateway proxy response.
+    BadResponse,
+}
+
+impl Failure {
+    /// Envoy's response-code details for the 502.
+    pub fn details(self) -> &'static str {
+        match self {
+            Failure::FunctionError => "aws_lambda_function_error",
+            Failure::InvokeFailed => "aws_lambda_invoke_failed",
+            Failure::BadResponse => "aws_lambda_bad_response",
+        }
+    }
 }
 
 /// Turns Lambda's answer to Invoke into the client's response.
@@ -174,11 +196,14 @@ pub fn outcome(lambda: &Lambda, status: u32, headers: &[(String, String)], body:
             .map(|t| t.split(':').next().unwrap_or(t).to_string())
             .or_else(|| json_field(body, &["Type", "__type", "code"]))
             .unwrap_or_else(|| "unknown error".to_string());
-        return Outcome::BadGateway(format!("Lambda Invoke failed: AWS answered {status} ({kind})"));
+        return Outcome::BadGateway(
+            Failure::InvokeFailed,
+            format!("Lambda Invoke failed: AWS answered {status} ({kind})"),
+        );
     }
     if let Some(kind) = header("x-amz-function-error") {
         let error_type = json_field(body, &["errorType"]).unwrap_or_else(|| kind.to_string());
-        return Outcome::BadGateway(format!("Lambda function error: {error_type}"));
+        return Outcome::BadGateway(Failure::FunctionError, format!("Lambda function error: {error_type}"));
     }
     if lambda.invocation == Invocation::Async {
         return Outcome::Reply { status: 202, headers: Vec::new(), body: Vec::new() };
@@ -192,8 +217,9 @@ pub fn outcome(lambda: &Lambda, status: u32, headers: &[(String, String)], body:
                 body: body.to_vec(),
             }
         }
-        Format::ApiGateway => unwrap_api_gateway(body)
-            .unwrap_or_else(|problem| Outcome::BadGateway(format!("malformed Lambda proxy response: {problem}"))),
+        Format::ApiGateway => unwrap_api_gateway(body).unwrap_or_else(|problem| {
+            Outcome::BadGateway(Failure::BadResponse, format!("malformed Lambda proxy response: {problem}"))
+        }),
     }
 }
 
@@ -269,7 +295,7 @@ mod tests {
     use super::*;
 
     fn lambda(invocation: Invocation, format: Format) -> Lambda {
-        Lambda { function: "f".into(), qualifier: None, invocation, format, cluster: None, timeout_ms: 1000 }
+        Lambda { function: "f".into(), qualifier: None, invocation, format, timeout_ms: Some(1000) }
     }
 
     #[test]
@@ -357,20 +383,23 @@ mod tests {
         let body = br#"{"errorType": "ValueError", "errorMessage": "boom"}"#;
         assert_eq!(
             outcome(&lambda(Invocation::Sync, Format::Raw), 200, &headers, body),
-            Outcome::BadGateway("Lambda function error: ValueError".into())
+            Outcome::BadGateway(Failure::FunctionError, "Lambda function error: ValueError".into())
         );
         assert_eq!(
             outcome(&lambda(Invocation::Sync, Format::Raw), 200, &headers, b"not json"),
-            Outcome::BadGateway("Lambda function error: Unhandled".into())
+            Outcome::BadGateway(Failure::FunctionError, "Lambda function error: Unhandled".into())
         );
         let denied = vec![("x-amzn-ErrorType".to_string(), "AccessDeniedException:http://internal".to_string())];
         assert_eq!(
             outcome(&lambda(Invocation::Sync, Format::Raw), 403, &denied, b"{}"),
-            Outcome::BadGateway("Lambda Invoke failed: AWS answered 403 (AccessDeniedException)".into())
+            Outcome::BadGateway(
+                Failure::InvokeFailed,
+                "Lambda Invoke failed: AWS answered 403 (AccessDeniedException)".into()
+            )
         );
         assert_eq!(
             outcome(&lambda(Invocation::Sync, Format::Raw), 404, &[], br#"{"Type": "User"}"#),
-            Outcome::BadGateway("Lambda Invoke failed: AWS answered 404 (User)".into())
+            Outcome::BadGateway(Failure::InvokeFailed, "Lambda Invoke failed: AWS answered 404 (User)".into())
         );
     }
 
@@ -398,7 +427,7 @@ mod tests {
         ));
         for bad in [&b"[]"[..], b"{}", br#"{"statusCode": 99}"#, br#"{"statusCode": 200, "body": 5}"#, b"x"] {
             assert!(
-                matches!(outcome(&lambda(Invocation::Sync, Format::ApiGateway), 200, &[], bad), Outcome::BadGateway(ref m) if m.starts_with("malformed Lambda proxy response")),
+                matches!(outcome(&lambda(Invocation::Sync, Format::ApiGateway), 200, &[], bad), Outcome::BadGateway(Failure::BadResponse, ref m) if m.starts_with("malformed Lambda proxy response")),
                 "{}",
                 String::from_utf8_lossy(bad)
             );

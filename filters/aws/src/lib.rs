@@ -2,11 +2,9 @@
 
 pub mod config;
 pub mod credentials;
-mod filter;
 pub mod lambda;
 pub mod signing;
 pub mod sigv4;
+pub mod stream;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(filter::Root::default()));
-}}
+shared::proxy_filter!(stream::AwsFilter);

@@ -9,6 +9,10 @@
 //!   S3, characters that must be escaped escaped), so that what the server sees is what was signed.
 //! - Headers that Envoy or the path to the upstream may change are never signed (config `NEVER_SIGNED` plus
 //!   `unsigned_headers`).
+//! - Header values are bytes: what is signed is exactly what is forwarded, UTF-8 or not. Only the pseudo-headers
+//!   the signature is built from (`:method`, `:path`, `:authority`) must be text.
+
+use std::borrow::Cow;
 
 use crate::config::{Config, Payload};
 use crate::sigv4::{self, Credentials, PathRules, Request, Scope};
@@ -46,30 +50,55 @@ pub fn payload_hash(config: &Config, body: Option<&[u8]>) -> String {
 }
 
 /// Signs a request. `headers` are the request's headers as they are now (pseudo-headers included; `:authority`
-/// and `:path` required). `service` and `payload_hash` come from the caller (the hash of the body, or
-/// `UNSIGNED-PAYLOAD`).
-pub fn sign(
-    headers: &[(String, String)],
+/// and `:path` required), values as text or bytes. `service` and `payload_hash` come from the caller (the hash of
+/// the body, or `UNSIGNED-PAYLOAD`).
+pub fn sign<V: AsRef<[u8]>>(
+    headers: &[(String, V)],
     config: &Config,
     credentials: &Credentials,
     now_unix: u64,
     payload_hash: &str,
 ) -> Result<Changes, String> {
-    let value = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
-    let method = value(":method").ok_or("request without :method")?;
-    let full_path = value(":path").ok_or("request without :path")?;
+    sign_with_own(headers, &[], config, credentials, now_unix, payload_hash)
+}
+
+/// [`sign`] for a request to which the filter itself added `own` headers (e.g. `x-amz-invocation-type`): those
+/// are signed, not removed as a client's `x-amz-*` would be.
+pub fn sign_with_own<V: AsRef<[u8]>>(
+    headers: &[(String, V)],
+    own: &[&str],
+    config: &Config,
+    credentials: &Credentials,
+    now_unix: u64,
+    payload_hash: &str,
+) -> Result<Changes, String> {
+    let is_client_aws = |name: &str| is_client_aws_header(name) && !own.contains(&name);
+    let value = |name: &str| -> Result<Option<&str>, String> {
+        match headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            None => Ok(None),
+            Some((_, v)) => {
+                std::str::from_utf8(v.as_ref()).map(Some).map_err(|_| format!("request {name} is not valid UTF-8"))
+            }
+        }
+    };
+    let method = value(":method")?.ok_or("request without :method")?;
+    let full_path = value(":path")?.ok_or("request without :path")?;
+    let request_authority = value(":authority")?;
     let authority = match &config.host {
         Some(host) => host.as_str(),
-        None => value(":authority").or_else(|| value("host")).ok_or("request without :authority")?,
+        None => match request_authority {
+            Some(authority) => authority,
+            None => value("host")?.ok_or("request without :authority")?,
+        },
     };
     let mut changes = Changes::default();
 
     for (name, _) in headers {
-        if is_client_aws_header(name) && !changes.remove.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        if is_client_aws(name) && !changes.remove.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             changes.remove.push(name.to_ascii_lowercase());
         }
     }
-    if config.host.is_some() && value(":authority") != Some(authority) {
+    if config.host.is_some() && request_authority != Some(authority) {
         changes.set.push((":authority".to_string(), authority.to_string()));
     }
 
@@ -93,19 +122,16 @@ pub fn sign(
         added.push(("x-amz-content-sha256".to_string(), payload_hash.to_string()));
     }
 
-    let mut to_sign: Vec<(String, String)> = vec![("host".to_string(), signed_host(authority).to_string())];
+    let mut to_sign: Vec<(String, Cow<'_, [u8]>)> =
+        vec![("host".to_string(), Cow::Borrowed(signed_host(authority).as_bytes()))];
     for (name, v) in headers {
         let lower = name.to_ascii_lowercase();
-        if lower.starts_with(':')
-            || lower == "host"
-            || is_client_aws_header(&lower)
-            || config.is_unsigned_header(&lower)
-        {
+        if lower.starts_with(':') || lower == "host" || is_client_aws(&lower) || config.is_unsigned_header(&lower) {
             continue;
         }
-        to_sign.push((lower, v.clone()));
+        to_sign.push((lower, Cow::Borrowed(v.as_ref())));
     }
-    to_sign.extend(added.iter().cloned());
+    to_sign.extend(added.iter().map(|(n, v)| (n.clone(), Cow::Borrowed(v.as_bytes()))));
 
     let request = Request { method, path: &path, query: &query, headers: &to_sign, payload_hash };
     let scope = Scope { amz_date: &amz_date, region: &config.region, service: &config.service };
