@@ -190,6 +190,7 @@ async fn header_templates_read_the_json_body_and_invalid_json_never_reaches_the_
     assert!(envoy.wait_for_log("access: /json-header 413 transformation_body_too_large"), "{}", envoy.log());
     assert_eq!(stat(&envoy, "request_errors"), 1);
     assert_eq!(stat(&envoy, "body_too_large"), 1);
+    assert!(!envoy.log().contains("allow_on_headers_stop_iteration"), "the flag is set: no complaint");
 }
 
 #[test]
