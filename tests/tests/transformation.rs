@@ -80,6 +80,16 @@ async fn request_templates_extractors_and_response_headers() {
     assert_eq!(echoed["headers"]["content-length"], body_len(&echoed));
     assert!(echoed["headers"].get("transfer-encoding").is_none(), "{echoed}");
 
+    // And from an HTTP/2 client (its body is DATA frames, its length whatever the filter says).
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let response = h2.post(format!("{url}/users/8")).body(r#"{"name": "Cy"}"#).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    let body: Value = serde_json::from_str(echoed["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body, json!({"user": "8", "name": "Cy"}));
+    assert_eq!(echoed["headers"]["content-length"], body_len(&echoed));
+
     // Path and method rewrite, query extractor, set/remove/append in Gloo's order, empty render removes.
     let response = client()
         .get(format!("{url}/rewrite/a/b?who=ann"))
@@ -101,9 +111,9 @@ async fn request_templates_extractors_and_response_headers() {
     assert!(echoed["headers"].get("x-secret").is_none(), "{echoed}");
     assert!(echoed["headers"].get("x-drop-by-empty").is_none(), "{echoed}");
 
-    assert_eq!(stat(&envoy, "request_body_transformations"), 2);
+    assert_eq!(stat(&envoy, "request_body_transformations"), 3);
     assert!(stat(&envoy, "request_header_transformations") >= 1);
-    assert_eq!(stat(&envoy, "response_header_transformations"), 2);
+    assert_eq!(stat(&envoy, "response_header_transformations"), 3);
 }
 
 /// One HTTP/1.1 exchange over a plain TCP connection (`connection: close` in the request): status, head, body.
