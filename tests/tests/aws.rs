@@ -155,6 +155,157 @@ async fn what_reaches_the_upstream_is_our_token_date_and_signature_only() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_signed_put_reaches_the_upstream_once_with_its_body_length_and_signature() {
+    // Before the port, a signed-payload request without a buffer filter reached the upstream twice (the filter's
+    // signed copy and the client's original); now the request itself is signed and sent once.
+    let echo = integration_tests::EchoUpstream::start();
+    let config = json!({"region": "us-east-1", "service": "s3", "credentials":
+                        {"access_key_id": "AKIDINLINE", "secret_access_key": "inline-secret"}});
+    let envoy = EnvoyConfig::new("aws.yaml")
+        .upstream(5000, echo.port())
+        .plugin_config("aws", config.clone())
+        .plugin_config("aws_down", config)
+        .start();
+    let body = "y".repeat(100_000);
+    for (i, listener) in ["front", "down"].into_iter().enumerate() {
+        let (status, _, text) = send("PUT", format!("{}/files/k{i}", envoy.url(listener)), &[], body.clone()).await;
+        assert_eq!(status, 200, "{listener}: {text}");
+        let received = echo.received();
+        assert_eq!(received.len(), i + 1, "{listener}: one request per client request: {received:?}");
+        let request = received.last().unwrap();
+        assert_eq!((request.method.as_str(), request.body.len()), ("PUT", body.len()), "{listener}");
+        assert_eq!(request.header("content-length"), Some("100000"));
+        let hash = request.header("x-amz-content-sha256").unwrap();
+        assert_eq!(hash.len(), 64, "the body's SHA-256, not UNSIGNED-PAYLOAD: {hash}");
+        assert!(request.header("authorization").unwrap().starts_with("AWS4-HMAC-SHA256 Credential=AKIDINLINE/"));
+    }
+    assert_eq!(envoy.stat("wasmcustom.aws.signed"), Some(2));
+}
+
+/// A plain TCP upstream that records each request's raw bytes, and either answers `200` or never answers.
+struct RawUpstream {
+    port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl RawUpstream {
+    fn start(answer: bool) -> RawUpstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let list = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let list = list.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut request = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    list.lock().unwrap().push(request);
+                    if answer {
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                    }
+                    // Silent: keep the connection open until the peer gives up.
+                    let _ = stream.read(&mut chunk);
+                });
+            }
+        });
+        RawUpstream { port, received }
+    }
+
+    fn received(&self) -> Vec<Vec<u8>> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_bytes_that_are_not_utf8_are_forwarded_and_signed_as_they_are() {
+    let upstream = RawUpstream::start(true);
+    let config = json!({"region": "us-east-1", "service": "s3", "credentials":
+                        {"access_key_id": "AKIDINLINE", "secret_access_key": "inline-secret"}});
+    let envoy = EnvoyConfig::new("aws.yaml")
+        .upstream(5000, upstream.port)
+        .plugin_config("aws", config.clone())
+        .plugin_config("aws_down", config)
+        .start();
+    for listener in ["front", "down"] {
+        let value = reqwest::header::HeaderValue::from_bytes(b"caf\xe9 au lait").unwrap();
+        let response = reqwest::Client::new()
+            .get(format!("{}/files/k", envoy.url(listener)))
+            .header("x-name", value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{listener}");
+    }
+    let received = upstream.received();
+    assert_eq!(received.len(), 2);
+    for request in received {
+        let text = String::from_utf8_lossy(&request).into_owned();
+        let sent = b"x-name: caf\xe9 au lait\r\n";
+        assert!(request.windows(sent.len()).any(|w| w == sent), "the same bytes: {text}");
+        assert!(text.contains("SignedHeaders=accept;host;x-amz-content-sha256;x-amz-date;x-name,"), "{text}");
+    }
+    // (That the signature is computed over those bytes, not over U+FFFD, is proven by the unit tests: no AWS
+    // emulator here decodes such a header the way it was sent.)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lambda_timeout_applies_and_envoys_own_errors_are_not_taken_for_aws_answers() {
+    // Downstream placement: the filter sets the route's upstream timeout for the invocation
+    // (x-envoy-upstream-rq-timeout-ms); the route says 30 s, the function 1 s.
+    let silent = RawUpstream::start(false);
+    let config = json!({"region": "us-east-1", "service": "lambda", "timeout": "20s",
+                        "credentials": {"access_key_id": "AKIDINLINE", "secret_access_key": "inline-secret"},
+                        "lambda": {"function": "orders", "timeout": "1s"}});
+    let envoy = EnvoyConfig::new("aws.yaml")
+        .upstream(5000, silent.port)
+        .plugin_config("aws", config.clone())
+        .plugin_config("aws_down", config.clone())
+        .start();
+    let started = std::time::Instant::now();
+    let (status, _, body) = send("POST", format!("{}/x", envoy.url("down")), &[], "{}").await;
+    let waited = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(waited < std::time::Duration::from_secs(5), "waited {waited:?}");
+    assert!(!body.contains("AWS answered"), "Envoy's own timeout passes as it is: {body}");
+    assert!(envoy.wait_for_access_log("504 response_timeout"), "{}", envoy.access_log());
+    assert_eq!(silent.received().len(), 1);
+    assert!(String::from_utf8_lossy(&silent.received()[0]).starts_with("POST /2015-03-31/functions/orders/invocations"));
+    assert_eq!(envoy.wait_for_stat("wasmcustom.aws.upstream_failed", |v| v == 1), Some(1));
+
+    // No upstream at all (connection refused): Envoy's 503, not "AWS answered 503".
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let envoy = EnvoyConfig::new("aws.yaml")
+        .upstream(5000, closed)
+        .plugin_config("aws", config.clone())
+        .plugin_config("aws_down", config)
+        .start();
+    for listener in ["front", "down"] {
+        let (status, _, body) = send("POST", format!("{}/x", envoy.url(listener)), &[], "{}").await;
+        assert_eq!(status, 503, "{listener}: {body}");
+        assert!(body.contains("upstream connect error"), "{listener}: Envoy's own reply: {body}");
+    }
+    assert!(envoy.wait_for_access_log("503 upstream_reset_before_response_started"), "{}", envoy.access_log());
+    assert!(!envoy.access_log().contains("aws_lambda"), "{}", envoy.access_log());
+}
+
+#[test]
+fn a_cluster_setting_left_from_the_side_call_design_is_refused_with_the_reason() {
+    let log = EnvoyConfig::new("aws.yaml")
+        .plugin_config("aws", json!({"region": "us-east-1", "service": "s3", "cluster": "aws_direct"}))
+        .start_expecting_failure();
+    assert!(log.contains("cluster: no longer used"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn lambda_invocations_in_place_by_name_and_arn_sync_async_and_api_gateway_in_both_placements() {
     // No buffer filter, no second cluster: the request itself becomes the Invoke call, signed (moto checks the
     // signature) and routed by Envoy to the route's cluster; the answer comes back through the filter.
@@ -224,24 +375,33 @@ async fn lambda_invocations_in_place_by_name_and_arn_sync_async_and_api_gateway_
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn s3_put_and_get_with_awkward_keys_signed_and_unsigned_payloads() {
-    let s = stack(json!({"region": "us-east-1", "service": "s3"}), None, true);
-    let unsigned =
-        envoy(&s.moto, &s.setup, json!({"region": "us-east-1", "service": "s3", "payload": "unsigned"}), None, true);
+async fn s3_put_and_get_with_awkward_keys_signed_and_unsigned_payloads_in_both_placements() {
+    // A signed PUT is held with its headers while its body arrives, then signed (the body's SHA-256) in place:
+    // no buffer filter, no second cluster. moto verifies every signature.
+    let signed = json!({"region": "us-east-1", "service": "s3"});
+    let s = stack(signed.clone(), None, true);
+    let signed = envoy(&s.moto, &s.setup, signed.clone(), Some(signed), true);
+    let unsigned = json!({"region": "us-east-1", "service": "s3", "payload": "unsigned"});
+    let unsigned = envoy(&s.moto, &s.setup, unsigned.clone(), Some(unsigned), true);
     let keys = [
         ("a b/c:d", "/files/a%20b/c:d"),
         ("100%", "/files/100%25"),
         ("x@y", "/files/x@y"),
         ("sp ace+plus", "/files/sp%20ace+plus"),
+        ("big", "/files/big"),
     ];
     for (i, (key, path)) in keys.iter().enumerate() {
-        let (gw, kind) = if i % 2 == 0 { (&s.envoy, "signed") } else { (&unsigned, "unsigned") };
-        let content = format!("content of {key}");
-        let (status, _, body) = send("PUT", format!("{}{path}", gw.url("front")), &[], content.clone()).await;
-        assert_eq!(status, 200, "PUT {key} ({kind}): {body}");
-        let (status, _, body) = send("GET", format!("{}{path}", gw.url("front")), &[], "").await;
-        assert_eq!((status, body.as_str()), (200, content.as_str()), "GET {key}");
+        let (gw, kind) = if i % 2 == 0 { (&signed, "signed") } else { (&unsigned, "unsigned") };
+        let listener = if i % 4 < 2 { "front" } else { "down" };
+        // The last one is 300 KB: Envoy delivers it in several chunks.
+        let content = if *key == "big" { "x".repeat(300_000) } else { format!("content of {key}") };
+        let (status, _, body) = send("PUT", format!("{}{path}", gw.url(listener)), &[], content.clone()).await;
+        assert_eq!(status, 200, "PUT {key} ({kind}, {listener}): {body}");
+        let (status, _, body) = send("GET", format!("{}{path}", gw.url(listener)), &[], "").await;
+        assert_eq!((status, body.len()), (200, content.len()), "GET {key}");
+        assert!(body == content, "GET {key}");
     }
+    assert!(!signed.log().contains("allow_on_headers_stop_iteration"));
     // The objects have exactly the intended keys (read back with boto3, moto's own signer).
     let listed = s.moto.python(&format!(
         "import boto3, json, os\nc = boto3.client('s3', endpoint_url=os.environ['MOTO_URL'], region_name='us-east-1', aws_access_key_id={:?}, aws_secret_access_key={:?})\nprint(json.dumps(sorted(o['Key'] for o in c.list_objects_v2(Bucket='files')['Contents'])))",
