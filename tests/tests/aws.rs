@@ -345,8 +345,7 @@ async fn lambda_invocations_in_place_by_name_and_arn_sync_async_and_api_gateway_
             r#"{"statusCode": 404, "multiValueHeaders": {"x-multi": ["1", "2"]}, "body": "aGk=", "isBase64Encoded": true}"#,
             r#"{"not": "a proxy response"}"#,
         ]);
-        let (status, headers, body) =
-            send("POST", format!("{}/gw/orders?id=7", envoy.url(listener)), &[], "x").await;
+        let (status, headers, body) = send("POST", format!("{}/gw/orders?id=7", envoy.url(listener)), &[], "x").await;
         assert_eq!((status, body.as_str()), (201, "created"), "{listener}");
         assert_eq!(headers["x-fn"], "yes");
         assert_eq!(headers["content-type"], "text/plain");
