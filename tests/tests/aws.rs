@@ -286,7 +286,7 @@ async fn the_lambda_timeout_applies_and_envoys_own_errors_are_not_taken_for_aws_
     let envoy = EnvoyConfig::new("aws.yaml")
         .upstream(5000, closed)
         .plugin_config("aws", config.clone())
-        .plugin_config("aws_down", config)
+        .plugin_config("aws_down", config.clone())
         .start();
     for listener in ["front", "down"] {
         let (status, _, body) = send("POST", format!("{}/x", envoy.url(listener)), &[], "{}").await;
@@ -295,6 +295,16 @@ async fn the_lambda_timeout_applies_and_envoys_own_errors_are_not_taken_for_aws_
     }
     assert!(envoy.wait_for_access_log("503 upstream_reset_before_response_started"), "{}", envoy.access_log());
     assert!(!envoy.access_log().contains("aws_lambda"), "{}", envoy.access_log());
+
+    // On a cluster (upstream filter) the router chose the timeout before the filter ran: the filter says so once
+    // and does not send the header on to AWS.
+    let upstream = RawUpstream::start(true);
+    let envoy = EnvoyConfig::new("aws.yaml").upstream(5000, upstream.port).plugin_config("aws", config).start();
+    let (status, _, body) = send("POST", format!("{}/x", envoy.url("front")), &[], "{}").await;
+    assert_eq!(status, 200, "{body}");
+    let request = String::from_utf8_lossy(&upstream.received()[0]).into_owned();
+    assert!(!request.contains("x-envoy-upstream-rq-timeout-ms"), "{request}");
+    assert!(envoy.wait_for_log("`timeout` applies only when the filter is a downstream HTTP filter"));
 }
 
 #[test]

@@ -79,6 +79,8 @@ pub struct AwsFilter {
     lambda_host: String,
     /// The refresh callout the filter (not a request) is waiting for.
     refresh_call: Cell<Option<u32>>,
+    /// A `timeout` that cannot apply (the filter runs on a cluster) was reported.
+    timeout_unusable_reported: Cell<bool>,
 }
 
 impl Filter for AwsFilter {
@@ -138,6 +140,7 @@ impl Filter for AwsFilter {
             fixed,
             cache,
             refresh_call: Cell::new(refresh_call),
+            timeout_unusable_reported: Cell::new(false),
         })
     }
 
@@ -516,7 +519,17 @@ impl AwsStream {
             }
         };
         if let Some(ms) = config.timeout_for(self.lambda.as_deref()) {
-            request.set(TIMEOUT_HEADER, ms.to_string().as_bytes())?;
+            if runs_on_a_cluster(request.host) {
+                // The router chose the timeout before a cluster's filters run; the header would only reach AWS.
+                if !self.filter.timeout_unusable_reported.replace(true) {
+                    log::warn!(
+                        "{FILTER}: `timeout` applies only when the filter is a downstream HTTP filter; on a cluster \
+                         (upstream filter) the route's timeout applies: set `timeout` on the route instead"
+                    );
+                }
+            } else {
+                request.set(TIMEOUT_HEADER, ms.to_string().as_bytes())?;
+            }
         }
         let own: &[&str] = if self.lambda.is_some() { &["x-amz-invocation-type"] } else { &[] };
         let now = request.host.unix_secs();
@@ -599,6 +612,12 @@ impl AwsStream {
         log::warn!("{FILTER}: {what}: {err}");
         self.error(500, "the aws filter could not process the request", "aws_internal_error")
     }
+}
+
+/// `true` when the filter runs as a cluster's (upstream) HTTP filter: the upstream host is already chosen when
+/// the request headers arrive (a downstream filter sees them before routing).
+fn runs_on_a_cluster(host: &dyn Host) -> bool {
+    matches!(host.property(&["upstream", "address"]), Ok(Some(address)) if !address.is_empty())
 }
 
 /// The reason Envoy gave for a response it made itself; `None` for an upstream's answer (or when the host does
@@ -780,10 +799,19 @@ mod tests {
         assert_eq!(header(&host, "content-length").as_deref(), Some("11"));
         assert_eq!(header(&host, "transfer-encoding"), None);
         assert_eq!(header(&host, TIMEOUT_HEADER).as_deref(), Some("2000"));
+
         assert!(header(&host, "authorization")
             .unwrap()
             .contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date,"));
         assert_eq!(&*host.request_body.borrow(), b"hello world", "the body goes on as it came");
+
+        // On a cluster (upstream filter) the router has chosen the timeout already: no header for AWS to see.
+        let host = FakeHost::with_request(&[(":method", "PUT"), (":path", "/files/k"), (":authority", "gw")]);
+        host.set_property("upstream.address", "10.0.0.1:443");
+        let mut s = stream(&host, &s3(r#", "timeout": "2s""#));
+        assert_eq!(s.on_request_headers(&host, true), Flow::Continue);
+        assert_eq!(header(&host, TIMEOUT_HEADER), None);
+        assert!(header(&host, "authorization").is_some());
     }
 
     #[test]
