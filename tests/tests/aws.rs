@@ -438,6 +438,19 @@ async fn credentials_from_sts_assume_role_are_cached_and_used() {
     let refreshed = envoy.stat("wasmcustom.aws.sts.refreshed").unwrap();
     assert!((1..=2).contains(&refreshed), "STS called {refreshed} times for 3 requests");
     assert_eq!(envoy.stat("wasmcustom.aws.sts.failed"), Some(0));
+
+    // An api_gateway invocation whose first request waits for STS: the event replaces the body and the signing
+    // headers are set when the credentials arrive (in the callout's answer, not in a body callback).
+    let config = json!({"region": "us-east-1", "service": "lambda", "credentials": {"source": "env",
+        "assume_role": {"role_arn": setup.role_arn, "cluster": "sts", "session_name": "lambda-test"}},
+        "lambda": {"function": "orders", "format": "api_gateway"}});
+    let envoy = self::envoy(&moto, &setup, config.clone(), Some(config), true);
+    moto.queue_lambda_results(&[r#"{"statusCode": 200, "body": "front"}"#, r#"{"statusCode": 200, "body": "down"}"#]);
+    for listener in ["front", "down"] {
+        let (status, _, body) = send("POST", format!("{}/orders", envoy.url(listener)), &[], "{}").await;
+        assert_eq!((status, body.as_str()), (200, listener));
+    }
+    assert!(envoy.stat("wasmcustom.aws.sts.refreshed").unwrap() >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -465,6 +478,11 @@ async fn missing_credentials_and_unreachable_sts_are_503_and_large_bodies_413() 
     assert!(body.contains("STS answered 403"), "{body}");
     assert!(!body.contains("not-the-secret") && !envoy_bad_sts.log().contains("not-the-secret"));
     assert!(envoy_bad_sts.stat("wasmcustom.aws.sts.failed").unwrap() >= 1);
+
+    // The access log names the filter's reasons.
+    assert!(envoy_without.wait_for_access_log(" 503 aws_credentials_unavailable"), "{}", envoy_without.access_log());
+    assert!(envoy_without.wait_for_access_log(" 413 aws_body_too_large"), "{}", envoy_without.access_log());
+    assert!(envoy_bad_sts.wait_for_access_log(" 503 aws_credentials_unavailable"), "{}", envoy_bad_sts.access_log());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -369,8 +369,12 @@ impl Stream for AwsStream {
             self.state = State::Idle;
             return Flow::Continue;
         }
-        let status = host.header_text(Side::Response, ":status").ok().flatten().and_then(|s| s.parse::<u32>().ok());
-        let function_error = matches!(host.header(Side::Response, "x-amz-function-error"), Ok(Some(_)));
+        let headers = match host.headers_text(Side::Response) {
+            Ok(headers) => headers,
+            Err(err) => return self.internal_error("Lambda answer headers unavailable", err),
+        };
+        let status = headers.iter().find(|(n, _)| n == ":status").and_then(|(_, v)| v.parse::<u32>().ok());
+        let function_error = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("x-amz-function-error"));
         let success = status.is_some_and(|s| (200..300).contains(&s)) && !function_error;
         if success && (lambda.invocation == Invocation::Async || lambda.format == Format::Raw) {
             // The function's result is the response: it streams to the client.
