@@ -1,6 +1,11 @@
 //! moto (`moto_server` from the project's virtualenv) as a local AWS that really checks SigV4: one server per
-//! test on a free loopback port, set up with boto3 while signature checking is off, then switched on (see
-//! ../shared/DESIGN.md, "moto"). Killed when dropped; its log is printed if the test is failing.
+//! test on a free loopback port, set up with boto3 while signature checking is off, then switched on with
+//! `POST /moto-api/reset-auth` (body `0`, `content-type: text/plain`). Killed when dropped; its log is printed if
+//! the test is failing.
+//!
+//! What moto checks and what it cannot: signed headers, scope, the body hash, session tokens of STS credentials,
+//! double-encoded Lambda ARN paths. It does not check the clock, and it cannot verify a request without a body to
+//! a JSON/query service (it hashes its own header dict as the body), nor header values that are not UTF-8.
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
