@@ -1070,6 +1070,60 @@ mod tests {
     }
 
     #[test]
+    fn an_api_gateway_invocation_waiting_for_sts_gets_its_event_when_the_credentials_arrive() {
+        let config = r#"{"region": "us-east-1", "service": "lambda", "credentials": {"access_key_id": "AKIDBASE",
+            "secret_access_key": "base-secret", "assume_role": {"role_arn": "arn:aws:iam::123456789012:role/app",
+            "cluster": "sts"}}, "lambda": {"function": "orders", "format": "api_gateway"}}"#;
+        let host = FakeHost::with_request(&[(":method", "POST"), (":path", "/o"), (":authority", "gw")]).body(b"{}");
+        let mut s = stream(&host, config);
+        assert_eq!(s.on_request_headers(&host, false), Flow::Buffer);
+        assert_eq!(s.on_request_body(&host, 2, true), Flow::Pause);
+        assert_eq!(&*host.request_body.borrow(), b"{}", "nothing changed while waiting");
+        let token = host.last_call().unwrap().token;
+        let response = CallResponse { status: Some(200), headers: Vec::new(), body: STS_OK.to_vec() };
+        assert_eq!(s.on_http_call_response(&host, token, response), Flow::Continue);
+        let event: serde_json::Value = serde_json::from_slice(&host.request_body.borrow()).unwrap();
+        assert_eq!((event["path"].as_str(), event["body"].as_str()), (Some("/o"), Some("{}")));
+        assert_eq!(header(&host, "content-length"), Some(host.request_body.borrow().len().to_string()));
+        assert!(header(&host, "authorization").unwrap().contains("Credential=ASIATEMP/"));
+        assert_eq!(header(&host, ":path").as_deref(), Some("/2015-03-31/functions/orders/invocations"));
+    }
+
+    #[test]
+    fn an_unsigned_raw_invocation_streams_its_body() {
+        let config = format!(
+            r#"{{"region": "us-east-1", "service": "lambda", "payload": "unsigned", {INLINE},
+                "lambda": {{"function": "orders"}}}}"#
+        );
+        let host = FakeHost::with_request(&[
+            (":method", "POST"),
+            (":path", "/o"),
+            (":authority", "gw"),
+            ("content-length", "5"),
+            ("accept", "*/*"),
+        ]);
+        let mut s = stream(&host, &config);
+        assert_eq!(s.on_request_headers(&host, false), Flow::Continue, "not held: the body streams");
+        assert_eq!(header(&host, "content-length").as_deref(), Some("5"), "the client's framing stays");
+        assert_eq!(header(&host, "accept"), None);
+        assert_eq!(header(&host, "x-amz-content-sha256").as_deref(), Some("UNSIGNED-PAYLOAD"));
+        assert_eq!(s.on_request_body(&host, 5, true), Flow::Continue);
+    }
+
+    #[test]
+    fn an_api_gateway_answer_without_a_body_is_a_bad_response() {
+        let host = FakeHost::with_request(&[(":method", "POST"), (":path", "/o"), (":authority", "gw")]).body(b"x");
+        let mut s = stream(&host, &lambda(r#"{"function": "orders", "format": "api_gateway"}"#));
+        assert_eq!(s.on_request_headers(&host, false), Flow::Buffer);
+        assert_eq!(s.on_request_body(&host, 1, true), Flow::Continue);
+        host.set_response(&[(":status", "200")], b"");
+        let failed = metric("upstream_failed");
+        let reply = reply_of(s.on_response_headers(&host, true));
+        assert_eq!((reply.status, reply.details.as_str()), (502, "aws_lambda_bad_response"));
+        assert_eq!(metric("upstream_failed"), failed + 1);
+    }
+
+    #[test]
     fn a_refused_or_unanswered_sts_call_is_503() {
         for (status, body, expected) in [
             (Some(403), &b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>"[..], "STS answered 403"),
