@@ -1,4 +1,5 @@
-//! The raw proxy-wasm ABI (0.2.1) imports: the only `unsafe` FFI in the project. Each function returns the host's
+//! The raw proxy-wasm ABI (0.2.1) imports: the only `unsafe` FFI in the project (callouts excepted: they go through
+//! the SDK's wrappers, whose dispatcher must register their tokens; see `wasm.rs`). Each function returns the host's
 //! status as a [`HostError`]; none panics. On other targets every call answers `Unimplemented`, so host unit tests
 //! link (they use [`super::FakeHost`] instead).
 
@@ -118,32 +119,6 @@ mod imp {
             value_size: usize,
             cas: u32,
         ) -> u32;
-        fn proxy_http_call(
-            upstream_data: *const u8,
-            upstream_size: usize,
-            headers_data: *const u8,
-            headers_size: usize,
-            body_data: *const u8,
-            body_size: usize,
-            trailers_data: *const u8,
-            trailers_size: usize,
-            timeout_ms: u32,
-            return_token: *mut u32,
-        ) -> u32;
-        fn proxy_grpc_call(
-            upstream_data: *const u8,
-            upstream_size: usize,
-            service_data: *const u8,
-            service_size: usize,
-            method_data: *const u8,
-            method_size: usize,
-            metadata_data: *const u8,
-            metadata_size: usize,
-            message_data: *const u8,
-            message_size: usize,
-            timeout_ms: u32,
-            return_token: *mut u32,
-        ) -> u32;
         fn proxy_set_tick_period_milliseconds(period_ms: u32) -> u32;
         fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
         fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
@@ -253,55 +228,6 @@ mod imp {
         status(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) })
     }
 
-    pub fn http_call(cluster: &str, headers: &[u8], body: &[u8], trailers: &[u8], timeout_ms: u32) -> HostResult<u32> {
-        let mut token = 0;
-        // SAFETY: every pointer/length pair points into a live buffer of the caller; the token is a local.
-        status(unsafe {
-            proxy_http_call(
-                cluster.as_ptr(),
-                cluster.len(),
-                headers.as_ptr(),
-                headers.len(),
-                body.as_ptr(),
-                body.len(),
-                trailers.as_ptr(),
-                trailers.len(),
-                timeout_ms,
-                &mut token,
-            )
-        })?;
-        Ok(token)
-    }
-
-    pub fn grpc_call(
-        cluster: &str,
-        service: &str,
-        method: &str,
-        metadata: &[u8],
-        message: &[u8],
-        timeout_ms: u32,
-    ) -> HostResult<u32> {
-        let mut token = 0;
-        // SAFETY: every pointer/length pair points into a live buffer of the caller; the token is a local.
-        status(unsafe {
-            proxy_grpc_call(
-                cluster.as_ptr(),
-                cluster.len(),
-                service.as_ptr(),
-                service.len(),
-                method.as_ptr(),
-                method.len(),
-                metadata.as_ptr(),
-                metadata.len(),
-                message.as_ptr(),
-                message.len(),
-                timeout_ms,
-                &mut token,
-            )
-        })?;
-        Ok(token)
-    }
-
     pub fn set_tick_period(period_ms: u32) -> HostResult<()> {
         // SAFETY: no pointers.
         status(unsafe { proxy_set_tick_period_milliseconds(period_ms) })
@@ -373,12 +299,6 @@ mod imp {
     }
     pub fn set_shared_data(_: &str, _: &[u8], _: u32) -> HostResult<()> {
         status(UNIMPLEMENTED)
-    }
-    pub fn http_call(_: &str, _: &[u8], _: &[u8], _: &[u8], _: u32) -> HostResult<u32> {
-        status(UNIMPLEMENTED).map(|()| 0)
-    }
-    pub fn grpc_call(_: &str, _: &str, _: &str, _: &[u8], _: &[u8], _: u32) -> HostResult<u32> {
-        status(UNIMPLEMENTED).map(|()| 0)
     }
     pub fn set_tick_period(_: u32) -> HostResult<()> {
         status(UNIMPLEMENTED)

@@ -46,6 +46,18 @@ fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
 
+fn sdk_status(status: proxy_wasm::types::Status) -> HostError {
+    use proxy_wasm::types::Status;
+    match status {
+        Status::NotFound => HostError::NotFound,
+        Status::BadArgument => HostError::BadArgument,
+        Status::ParseFailure => HostError::ParseFailure,
+        Status::Empty => HostError::Empty,
+        Status::CasMismatch => HostError::CasMismatch,
+        _ => HostError::InternalFailure,
+    }
+}
+
 fn decode_pairs(bytes: &[u8]) -> HostResult<Vec<(String, Vec<u8>)>> {
     if bytes.is_empty() {
         return Ok(Vec::new());
@@ -109,15 +121,29 @@ impl super::Host for WasmHost {
         optional(abi::property(&serialized))
     }
 
+    // Callouts go through the SDK's own wrappers: its dispatcher delivers an answer only for a token that its
+    // wrapper registered (and panics on any other). The wrappers panic only on statuses Envoy does not return for
+    // these calls (it answers Ok, BadArgument or InternalFailure to an HTTP call, Ok, ParseFailure or
+    // InternalFailure to a gRPC call); everything else becomes a HostError here.
     fn http_call(&self, call: &HttpCall<'_>) -> HostResult<u32> {
-        let headers = crate::pairs::serialize(call.headers);
-        let trailers = crate::pairs::serialize(&[]);
-        abi::http_call(call.cluster, &headers, call.body, &trailers, millis(call.timeout))
+        let mut headers = Vec::with_capacity(call.headers.len());
+        for (name, value) in call.headers {
+            headers.push((*name, std::str::from_utf8(value).map_err(|_| HostError::BadArgument)?));
+        }
+        proxy_wasm::hostcalls::dispatch_http_call(call.cluster, headers, Some(call.body), Vec::new(), call.timeout)
+            .map_err(sdk_status)
     }
 
     fn grpc_call(&self, call: &GrpcCall<'_>) -> HostResult<u32> {
-        let metadata = crate::pairs::serialize(&[]);
-        abi::grpc_call(call.cluster, call.service, call.method, &metadata, call.message, millis(call.timeout))
+        proxy_wasm::hostcalls::dispatch_grpc_call(
+            call.cluster,
+            call.service,
+            call.method,
+            Vec::new(),
+            Some(call.message),
+            call.timeout,
+        )
+        .map_err(sdk_status)
     }
 
     fn set_tick_period(&self, period: Duration) -> HostResult<()> {
