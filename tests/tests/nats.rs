@@ -169,7 +169,7 @@ async fn publishes_with_subject_payload_and_headers_in_each_payload_mode() {
     assert_eq!(envoy.stat("wasmcustom.nats.rules"), Some(2));
     let envelope_bytes = answer.body["bytes"].as_u64().unwrap();
     assert!(stat(&envoy, "published_bytes") > 9 + binary.len() as u64 + envelope_bytes);
-    for event in ["invalid_request", "too_large", "rejected", "unavailable", "timeout"] {
+    for event in ["invalid_request", "too_large", "rejected", "unavailable", "timeout", "internal_error"] {
         assert_eq!(stat(&envoy, event), 0, "{event}");
     }
 }
@@ -344,6 +344,7 @@ async fn auth_right_credentials_publish_and_wrong_ones_get_502_with_the_server_r
     assert!(answer.body["error"].as_str().unwrap().contains("Authorization Violation"), "{}", answer.body);
     assert_eq!(stat(&envoy, "rejected"), 1);
     assert_eq!(stat(&envoy, "published"), 0);
+    assert_logged(&envoy, "POST /p", "502 nats_rejected -");
     drop(envoy);
 
     // No credentials at all: the same refusal.
@@ -456,6 +457,8 @@ async fn subject_injection_attempts_get_400_and_publish_nothing() {
     assert_nothing_more(&client, &mut everything).await;
     assert_eq!(stat(&envoy, "invalid_request"), attempts);
     assert_eq!(stat(&envoy, "published"), 1);
+    assert_logged(&envoy, "POST /h", "400 nats_bad_request -");
+    assert_logged(&envoy, "POST /q?t=acme", "202 nats_published -");
     assert!(echo.received().is_empty(), "refused requests do not reach the upstream either");
 }
 
@@ -493,6 +496,7 @@ async fn nats_down_gives_503_or_504_and_publishing_resumes_when_it_is_back() {
         assert_eq!(answer.body["filter"], "nats");
     }
     assert_eq!(stat(&envoy, "unavailable"), 3);
+    assert_logged(&envoy, "POST /events/status", "503 nats_unavailable -");
 
     // Started again on the same port: publishing resumes, same Envoy.
     nats.start();
@@ -511,6 +515,7 @@ async fn nats_down_gives_503_or_504_and_publishing_resumes_when_it_is_back() {
     assert_eq!(answer.status, 504, "{}", answer.body);
     assert!(answer.body["error"].as_str().unwrap().contains("timeout"), "{}", answer.body);
     assert_eq!(stat(&envoy, "timeout"), 1);
+    assert_logged(&envoy, "POST /events/status", "504 nats_timeout -");
 
     // And back to normal.
     let answer = send(publish("after thaw")).await;
@@ -580,6 +585,8 @@ async fn oversized_bodies_get_413() {
     assert_nothing_more(&client, &mut big).await;
     assert_eq!(stat(&envoy, "too_large"), 10);
     assert_eq!(stat(&envoy, "published"), 1);
+    assert_logged(&envoy, "POST /big", "413 nats_too_large -");
+    assert!(echo.received().is_empty(), "no refused or published request reached the upstream");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -592,7 +599,136 @@ async fn a_missing_tunnel_cluster_gives_503() {
     assert_eq!(answer.status, 503, "{}", answer.body);
     assert!(answer.body["error"].as_str().unwrap().contains("no_such_cluster"), "{}", answer.body);
     assert_eq!(stat(&envoy, "unavailable"), 1);
+    assert_logged(&envoy, "POST /x", "503 nats_unavailable -");
     let counts: BTreeMap<String, u64> =
         envoy.stats().into_iter().filter(|(name, _)| name.starts_with("wasmcustom.nats.")).collect();
     assert_eq!(counts.get("wasmcustom.nats.published"), Some(&0), "{counts:?}");
+}
+
+/// Sends a request's head and the first part of its body, waits, then the rest; returns the status and answer.
+async fn slow_request(port: u16, head: &str, first: &[u8], pause: Duration, rest: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(first).await.unwrap();
+    tokio::time::sleep(pause).await;
+    stream.write_all(rest).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await.expect("answer").unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// An HTTP/2 POST (prior knowledge) whose body is `chunks` followed by trailers.
+async fn h2_post_with_trailers(port: u16, path: &str, chunks: Vec<Vec<u8>>) -> Answer {
+    use http_body_util::BodyExt;
+    use hyper::body::Frame;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("x-checksum", hyper::header::HeaderValue::from_static("abc"));
+    let mut frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> =
+        chunks.into_iter().map(|chunk| Ok(Frame::data(bytes::Bytes::from(chunk)))).collect();
+    frames.push(Ok(Frame::trailers(trailers)));
+    let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    let request = hyper::Request::post(format!("http://127.0.0.1:{port}{path}")).body(body).unwrap();
+    let response = sender.send_request(request).await.expect("HTTP/2 request");
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.expect("HTTP/2 answer").to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    Answer { status, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+}
+
+/// The access log has a line for `method path` with this status and response-code details.
+fn assert_logged(envoy: &Envoy, method_path: &str, outcome: &str) {
+    let expected = format!("{method_path} {outcome} ");
+    assert!(envoy.wait_for_access_log(&expected), "no {expected:?} in the access log:\n{}", envoy.access_log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_published_request_never_reaches_the_upstream_and_unmatched_bodies_reach_it_intact() {
+    let nats = NatsServer::start_default();
+    let echo = EchoUpstream::start();
+    // envoy-test/nats.yaml as it is: POST /events/<name> -> events.<name>, max_body 1MiB; no buffer filter.
+    let envoy = gateway(&nats, &echo).start();
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut events = subscriber(&client, "events.>").await;
+    let http = reqwest::Client::new();
+    let url = envoy.url("front");
+    let port = envoy.port("front");
+
+    // The body arrives in two parts with a pause between: the headers are held meanwhile (nothing reaches the
+    // upstream, nothing is published), then the whole body is published.
+    let head = "POST /events/slow HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\nconnection: close\r\n\r\n";
+    let slow = slow_request(port, head, b"hello", Duration::from_millis(800), b" world");
+    let watch = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        echo.received().len()
+    };
+    let ((status, text), seen_meanwhile) = tokio::join!(slow, watch);
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(seen_meanwhile, 0, "the upstream saw the request while its body was arriving");
+    let message = next_message(&mut events).await;
+    assert_eq!(message.subject.as_str(), "events.slow");
+    assert_eq!(&message.payload[..], b"hello world");
+
+    // A large body (300 KB, many chunks inside Envoy) and a chunked one are published whole.
+    let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let answer = send(http.post(format!("{url}/events/large")).body(large.clone())).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.body["bytes"], large.len());
+    assert_eq!(&next_message(&mut events).await.payload[..], &large[..]);
+    let chunked = "POST /events/chunked HTTP/1.1\r\nhost: x\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n";
+    let (status, text) =
+        slow_request(port, chunked, b"4\r\nabcd\r\n", Duration::from_millis(300), b"3\r\nefg\r\n0\r\n\r\n").await;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(&next_message(&mut events).await.payload[..], b"abcdefg");
+
+    // A body that ends with trailers (HTTP/2): the trailers end it, and all of it is published.
+    let answer =
+        h2_post_with_trailers(port, "/events/trailers", vec![b"part one, ".to_vec(), b"part two".to_vec()]).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.body, json!({"subject": "events.trailers", "bytes": 18}));
+    assert_eq!(&next_message(&mut events).await.payload[..], b"part one, part two");
+
+    assert!(echo.received().is_empty(), "published requests reached the upstream: {:?}", echo.received());
+    assert_nothing_more(&client, &mut events).await;
+
+    // Requests that match no rule pass untouched, bodies included: a 300 KB binary body with its
+    // content-length, a chunked one, one with trailers, and a GET (the rule is for POST).
+    let response = http.post(format!("{url}/elsewhere")).body(large.clone()).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, text) = slow_request(
+        port,
+        "POST /other HTTP/1.1\r\nhost: x\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"5\r\nfirst\r\n",
+        Duration::from_millis(300),
+        b"6\r\nsecond\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let answer = h2_post_with_trailers(port, "/third", vec![b"x".repeat(70_000), b"y".repeat(10)]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let response = http.get(format!("{url}/events/get")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let received = echo.received();
+    let paths: Vec<&str> = received.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/elsewhere", "/other", "/third", "/events/get"], "only the unmatched requests");
+    assert_eq!(received[0].body, large);
+    assert_eq!(received[0].header("content-length"), Some("300000"));
+    assert_eq!(received[1].body, b"firstsecond");
+    assert_eq!(received[2].body, [b"x".repeat(70_000), b"y".repeat(10)].concat());
+    assert!(received[3].body.is_empty());
+    assert_eq!(stat(&envoy, "published"), 4);
+
+    // The access log names every outcome, and a published request had no upstream host.
+    assert_logged(&envoy, "POST /events/slow", "202 nats_published -");
+    assert_logged(&envoy, "POST /events/trailers", "202 nats_published -");
+    assert_logged(&envoy, "POST /elsewhere", &format!("200 via_upstream 127.0.0.1:{}", echo.port()));
 }
