@@ -732,3 +732,24 @@ async fn a_published_request_never_reaches_the_upstream_and_unmatched_bodies_rea
     assert_logged(&envoy, "POST /events/trailers", "202 nats_published -");
     assert_logged(&envoy, "POST /elsewhere", &format!("200 via_upstream 127.0.0.1:{}", echo.port()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_over_envoys_buffer_limit_is_refused_by_envoy_before_the_filter_sees_it_whole() {
+    // max_body above the listener's per_connection_buffer_limit_bytes (1 MiB by default): Envoy stops buffering
+    // the held request first and answers 413 itself. Nothing is published, nothing reaches the upstream.
+    let nats = NatsServer::start_default();
+    let echo = EchoUpstream::start();
+    let config = json!({"cluster": "nats_tunnel", "max_body": "4MiB",
+                        "rules": [{"match": {"prefix": "/events/"}, "subject": "events.{path:2}"}]});
+    let envoy = with_config(&nats, &echo, &config);
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut events = subscriber(&client, "events.>").await;
+    let url = envoy.url("front");
+    let response =
+        reqwest::Client::new().post(format!("{url}/events/huge")).body(vec![b'h'; 2 << 20]).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert_logged(&envoy, "POST /events/huge", "413 request_payload_too_large -");
+    assert_nothing_more(&client, &mut events).await;
+    assert!(echo.received().is_empty());
+    assert_eq!(stat(&envoy, "published"), 0);
+}

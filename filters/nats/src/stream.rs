@@ -8,7 +8,6 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use serde_json::json;
 use shared::body::{BodyLimit, BodyProgress};
@@ -157,8 +156,14 @@ impl Stream for NatsStream {
     }
 
     fn on_request_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Flow {
-        let State::Buffering(pending) = std::mem::replace(&mut self.state, State::Passing) else {
-            return Flow::Continue;
+        let pending = match std::mem::replace(&mut self.state, State::Passing) {
+            State::Buffering(pending) => pending,
+            State::Passing => return Flow::Continue,
+            // Not expected (the body ended before the call), but the answer is still to come: keep holding.
+            publishing @ State::Publishing(_) => {
+                self.state = publishing;
+                return Flow::Pause;
+            }
         };
         let filter = Rc::clone(&self.filter);
         match filter.limit.progress(body_size, end_of_stream) {
@@ -292,12 +297,8 @@ impl NatsFilter {
             cluster: &self.config.cluster,
             headers: &TUNNEL_HEADERS,
             body,
-            timeout: self.timeout(),
+            timeout: self.config.timeout.0,
         })
-    }
-
-    fn timeout(&self) -> Duration {
-        self.config.timeout.0
     }
 
     /// Counts the publish and answers 202 with the subject and the payload's size.
@@ -327,6 +328,8 @@ impl NatsFilter {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use serde_json::Value;
     use shared::host::FakeHost;
@@ -406,6 +409,7 @@ mod tests {
             "{body:?}"
         );
 
+        assert_eq!(stream.on_request_body(&host, 0, true), Flow::Pause, "still waiting for the answer");
         let reply = reply_of(stream.on_http_call_response(&host, call.token, answer(Some(200), PONG)));
         assert_eq!(reply.status, 202);
         assert_eq!(reply.details, "nats_published");
