@@ -689,6 +689,24 @@ async fn a_published_request_never_reaches_the_upstream_and_unmatched_bodies_rea
     assert_eq!(status, 202, "{text}");
     assert_eq!(&next_message(&mut events).await.payload[..], b"abcdefg");
 
+    // A client that waits for `100 Continue` (curl does for bodies over 1 KiB) gets it while the headers are held.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let head = "POST /events/expect HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\
+                    connection: close\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut interim = [0u8; 25];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut interim)).await.expect("100").unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        stream.write_all(b"ping").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.expect("answer").unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 202 "), "{answer}");
+        assert_eq!(&next_message(&mut events).await.payload[..], b"ping");
+    }
+
     // A body that ends with trailers (HTTP/2): the trailers end it, and all of it is published.
     let answer =
         h2_post_with_trailers(port, "/events/trailers", vec![b"part one, ".to_vec(), b"part two".to_vec()]).await;
@@ -725,7 +743,7 @@ async fn a_published_request_never_reaches_the_upstream_and_unmatched_bodies_rea
     assert_eq!(received[1].body, b"firstsecond");
     assert_eq!(received[2].body, [b"x".repeat(70_000), b"y".repeat(10)].concat());
     assert!(received[3].body.is_empty());
-    assert_eq!(stat(&envoy, "published"), 4);
+    assert_eq!(stat(&envoy, "published"), 5);
 
     // The access log names every outcome, and a published request had no upstream host.
     assert_logged(&envoy, "POST /events/slow", "202 nats_published -");
