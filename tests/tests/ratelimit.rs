@@ -15,6 +15,11 @@ fn start(echo: &EchoUpstream, config: Value) -> Envoy {
     EnvoyConfig::new("ratelimit.yaml").upstream(8081, echo.port()).plugin_config("ratelimit", config).start()
 }
 
+/// The access log has a line with `method path status details`.
+fn assert_access_log(envoy: &Envoy, expected: &str) {
+    assert!(envoy.wait_for_access_log(expected), "no {expected:?} in the access log:\n{}", envoy.access_log());
+}
+
 fn counter(envoy: &Envoy, rule: &str, event: &str) -> u64 {
     envoy.stat(&format!("wasmcustom.ratelimit.{rule}.{event}")).unwrap_or(0)
 }
@@ -149,6 +154,8 @@ async fn limited_requests_get_status_retry_after_and_ratelimit_headers() {
     assert!((9..=10).contains(&reset), "reset {reset}");
     assert_eq!(third.json::<Value>().await.unwrap(), json!({"error": "slow down", "filter": "ratelimit"}));
     assert_eq!(echo.received().len(), 2, "the limited request must not reach the upstream");
+    assert_access_log(&envoy, "GET /x 429 ratelimit_limited");
+    assert_access_log(&envoy, "GET /x 200 via_upstream");
     assert_eq!((counter(&envoy, "slow", "allowed"), counter(&envoy, "slow", "limited")), (2, 1));
     // Prometheus output drops the `wasmcustom.` prefix.
     let prometheus = envoy.admin_get("/stats/prometheus");
@@ -218,6 +225,7 @@ async fn client_ip_is_the_peer_not_a_forwarded_header_and_missing_keys_follow_th
         "a spoofed XFF must not buy a new bucket"
     );
     assert_eq!(get("/key", None).await.unwrap().status(), 429, "on_missing_key: deny");
+    assert_access_log(&envoy, "GET /key 429 ratelimit_missing_key");
     assert_eq!(counter(&envoy, "by-key", "missing_key"), 1);
     assert_eq!(get("/key", Some(("x-api-key", "a"))).await.unwrap().status(), 200);
 }
@@ -307,6 +315,7 @@ async fn a_failing_rate_limit_service_follows_on_error() {
     assert_eq!(denied.status(), 500);
     let body: Value = denied.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().starts_with("rate-limit service unavailable"), "{body}");
+    assert_access_log(&deny, "GET /x 500 ratelimit_service_error");
     assert_eq!(counter(&allow, "global", "global_errors"), 1);
     assert_eq!(counter(&deny, "global", "global_errors"), 1);
 

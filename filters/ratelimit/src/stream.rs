@@ -146,7 +146,7 @@ impl Filter for RatelimitFilter {
     }
 
     fn stream(filter: Rc<Self>) -> RatelimitStream {
-        RatelimitStream { filter, global_rules: Vec::new(), call: None, grpc: false, response_headers: Vec::new() }
+        RatelimitStream { filter, global_rules: Vec::new(), call: None, response_headers: Vec::new() }
     }
 }
 
@@ -210,6 +210,18 @@ fn count(metrics: &RuleMetrics, events: &RuleEvents, deferred_to_global: bool) {
     }
 }
 
+/// Whether the request is gRPC (its replies are then gRPC statuses). Read only when replying: allowed requests
+/// do not pay for the lookup.
+fn request_is_grpc(host: &dyn Host) -> bool {
+    match host.header_text(Side::Request, "content-type") {
+        Ok(content_type) => is_grpc(content_type.as_deref()),
+        Err(err) => {
+            log::warn!("{FILTER}: request content-type unavailable ({err}): replying as to an HTTP client");
+            false
+        }
+    }
+}
+
 /// The request as the key parts see it: the headers read once, the peer address from Envoy.
 struct Facts<'a> {
     view: &'a RequestView<'a>,
@@ -245,15 +257,13 @@ pub struct RatelimitStream {
     global_rules: Vec<usize>,
     /// The token of the call to the global service, while it is pending.
     call: Option<u32>,
-    /// The request is gRPC (known when the global service is asked): replies are gRPC statuses.
-    grpc: bool,
     /// Headers for the response: the `x-ratelimit-*` figures and what the global service asked for.
     response_headers: Vec<(String, String)>,
 }
 
 impl RatelimitStream {
     /// The global service failed, timed out or could not be called: `on_error` decides.
-    fn global_failed(&self, reason: &str) -> Flow {
+    fn global_failed(&self, host: &dyn Host, reason: &str) -> Flow {
         let filter = &self.filter;
         for index in &self.global_rules {
             if let Some(metrics) = filter.rules.get(*index) {
@@ -266,7 +276,8 @@ impl RatelimitStream {
             OnError::Allow => Flow::Continue,
             OnError::Deny => {
                 let message = format!("rate-limit service unavailable: {reason}");
-                Flow::Reply(LocalReply::error(FILTER, 500, &message, self.grpc).with_details(details::SERVICE_ERROR))
+                let reply = LocalReply::error(FILTER, 500, &message, request_is_grpc(host));
+                Flow::Reply(reply.with_details(details::SERVICE_ERROR))
             }
         }
     }
@@ -290,7 +301,8 @@ impl RatelimitStream {
             }
         }
         if rejected {
-            return Flow::Reply(filter.rejection(self.grpc, None, &answer.response_headers, details::LIMITED));
+            let grpc = request_is_grpc(host);
+            return Flow::Reply(filter.rejection(grpc, None, &answer.response_headers, details::LIMITED));
         }
         for (name, value) in &answer.request_headers {
             if let Err(err) = host.add_header(Side::Request, name, value.as_bytes()) {
@@ -310,12 +322,12 @@ impl Stream for RatelimitStream {
         let store: &dyn SharedStore = host;
         let evaluation = filter.engine.evaluate(store, &filter.config, &facts, host.monotonic_nanos());
         filter.record(&evaluation);
-        let grpc_request = || is_grpc(view.header("content-type").as_deref());
         if let Some(figures) = evaluation.rejected {
             // A rejection for a missing key part (on_missing_key: deny) says so in the access log.
             let missing = evaluation.events.iter().any(|(_, e)| e.limited && e.missing_key);
             let details = if missing { details::MISSING_KEY } else { details::LIMITED };
-            return Flow::Reply(filter.rejection(grpc_request(), Some(figures), &[], details));
+            let grpc = is_grpc(view.header("content-type").as_deref());
+            return Flow::Reply(filter.rejection(grpc, Some(figures), &[], details));
         }
         if filter.config.response.headers {
             if let Some(figures) = evaluation.headers {
@@ -326,7 +338,6 @@ impl Stream for RatelimitStream {
         if evaluation.descriptors.is_empty() {
             return Flow::Continue;
         }
-        self.grpc = grpc_request();
         self.global_rules = evaluation.descriptors.iter().map(|d| d.rule).collect();
         let descriptors: Vec<_> = evaluation.descriptors.into_iter().map(|d| d.entries).collect();
         let message = rls::encode_request(&global.domain, &descriptors);
@@ -339,10 +350,11 @@ impl Stream for RatelimitStream {
         };
         match host.grpc_call(&call) {
             Ok(token) => {
+                log::debug!("{FILTER}: asked the rate-limit service (call {token})");
                 self.call = Some(token);
                 Flow::Pause
             }
-            Err(err) => self.global_failed(&format!("cannot call cluster {:?}: {err}", global.cluster)),
+            Err(err) => self.global_failed(host, &format!("cannot call cluster {:?}: {err}", global.cluster)),
         }
     }
 
@@ -362,11 +374,11 @@ impl Stream for RatelimitStream {
         }
         self.call = None;
         if response.status != 0 {
-            return self.global_failed(&format!("gRPC status {}", response.status));
+            return self.global_failed(host, &format!("gRPC status {}", response.status));
         }
         match rls::decode_response(&response.message) {
             Ok(answer) => self.global_answered(host, answer),
-            Err(err) => self.global_failed(&err),
+            Err(err) => self.global_failed(host, &err),
         }
     }
 }
