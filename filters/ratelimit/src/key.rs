@@ -44,6 +44,7 @@ fn part_value<R: RequestFacts + ?Sized>(part: &KeyPart, request: &R) -> Option<S
 pub fn bucket_key(limit_id: &str, values: &[String]) -> String {
     let mut key = String::with_capacity(limit_id.len() + values.iter().map(|v| v.len().min(24) + 4).sum::<usize>());
     key.push_str(limit_id);
+    // Writing to a String cannot fail: the `fmt::Result`s below carry nothing.
     for value in values {
         if value.len() > MAX_VALUE_IN_KEY {
             // SipHash with fixed keys: the same in every worker VM, which run the same binary.

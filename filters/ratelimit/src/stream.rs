@@ -325,9 +325,9 @@ impl Stream for RatelimitStream {
         if let Some(figures) = evaluation.rejected {
             // A rejection for a missing key part (on_missing_key: deny) says so in the access log.
             let missing = evaluation.events.iter().any(|(_, e)| e.limited && e.missing_key);
-            let details = if missing { details::MISSING_KEY } else { details::LIMITED };
+            let reason = if missing { details::MISSING_KEY } else { details::LIMITED };
             let grpc = is_grpc(view.header("content-type").as_deref());
-            return Flow::Reply(filter.rejection(grpc, Some(figures), &[], details));
+            return Flow::Reply(filter.rejection(grpc, Some(figures), &[], reason));
         }
         if filter.config.response.headers {
             if let Some(figures) = evaluation.headers {
