@@ -148,10 +148,8 @@ impl FakeHost {
 impl super::Host for FakeHost {
     fn header(&self, side: Side, name: &str) -> HostResult<Option<Vec<u8>>> {
         self.check("header")?;
-        // Envoy joins repeated headers with "," for a single lookup.
-        let values: Vec<Vec<u8>> =
-            self.map(side).borrow().iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect();
-        Ok((!values.is_empty()).then(|| values.join(&b","[..])))
+        // Envoy answers a single lookup with the first value of a repeated header.
+        Ok(self.map(side).borrow().iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()))
     }
 
     fn headers(&self, side: Side) -> HostResult<Vec<(String, Vec<u8>)>> {
@@ -196,9 +194,12 @@ impl super::Host for FakeHost {
         Ok(body.get(..size.min(body.len())).unwrap_or_default().to_vec())
     }
 
-    fn set_body(&self, side: Side, _size: usize, body: &[u8]) -> HostResult<()> {
+    fn set_body(&self, side: Side, size: usize, body: &[u8]) -> HostResult<()> {
         self.check("set_body")?;
-        *self.buffer(side).borrow_mut() = body.to_vec();
+        // Envoy drains `size` bytes from the start and puts `body` in their place: a wrong size leaves a tail.
+        let mut buffer = self.buffer(side).borrow_mut();
+        let tail = buffer.get(size.min(buffer.len())..).unwrap_or_default().to_vec();
+        *buffer = [body, &tail].concat();
         Ok(())
     }
 
@@ -281,7 +282,7 @@ mod tests {
     #[test]
     fn headers_behave_like_envoys_map() {
         let host = FakeHost::with_request(&[(":path", "/a"), ("x", "1"), ("x", "2")]);
-        assert_eq!(host.header(Side::Request, "x").unwrap(), Some(b"1,2".to_vec()));
+        assert_eq!(host.header(Side::Request, "x").unwrap(), Some(b"1".to_vec()));
         host.set_header(Side::Request, "x", b"3").unwrap();
         assert_eq!(
             host.headers_text(Side::Request).unwrap(),
@@ -291,6 +292,15 @@ mod tests {
         assert_eq!(host.header(Side::Request, "x").unwrap(), None);
         host.fail("header", HostError::BadArgument);
         assert_eq!(host.header(Side::Request, ":path"), Err(HostError::BadArgument));
+    }
+
+    #[test]
+    fn a_body_replacement_of_the_wrong_size_leaves_a_tail_as_in_envoy() {
+        let host = FakeHost::default().body(b"abcdef");
+        host.set_body(Side::Request, 6, b"xy").unwrap();
+        assert_eq!(*host.request_body.borrow(), b"xy");
+        host.set_body(Side::Request, 1, b"z").unwrap();
+        assert_eq!(*host.request_body.borrow(), b"zy");
     }
 
     #[test]

@@ -188,15 +188,23 @@ impl WasmHost {
         if num_headers == 0 {
             return CallResponse::default();
         }
-        let headers: Vec<(String, String)> = abi::header_map_pairs(map::CALL_RESPONSE_HEADERS)
-            .and_then(|bytes| decode_pairs(&bytes))
-            .map(|pairs| pairs.into_iter().map(|(name, value)| (name, lossy(value))).collect())
-            .unwrap_or_default();
+        let headers: Vec<(String, String)> =
+            match abi::header_map_pairs(map::CALL_RESPONSE_HEADERS).and_then(|bytes| decode_pairs(&bytes)) {
+                Ok(pairs) => pairs.into_iter().map(|(name, value)| (name, lossy(value))).collect(),
+                Err(err) => {
+                    // Read as "no answer": the caller reports the call as failed.
+                    log::warn!("callout answer's headers unavailable: {err}");
+                    Vec::new()
+                }
+            };
         let status = headers.iter().find(|(n, _)| n == ":status").and_then(|(_, v)| v.parse().ok());
         let body = if body_size == 0 {
             Vec::new()
         } else {
-            bytes_or_empty(abi::buffer_bytes(buffer::CALL_RESPONSE_BODY, 0, body_size)).unwrap_or_default()
+            bytes_or_empty(abi::buffer_bytes(buffer::CALL_RESPONSE_BODY, 0, body_size)).unwrap_or_else(|err| {
+                log::warn!("callout answer's body unavailable: {err}");
+                Vec::new()
+            })
         };
         CallResponse { status, headers, body }
     }
@@ -206,7 +214,10 @@ impl WasmHost {
         if size == 0 {
             return Vec::new();
         }
-        bytes_or_empty(abi::buffer_bytes(buffer::GRPC_RECEIVE, 0, size)).unwrap_or_default()
+        bytes_or_empty(abi::buffer_bytes(buffer::GRPC_RECEIVE, 0, size)).unwrap_or_else(|err| {
+            log::warn!("gRPC answer unavailable: {err}");
+            Vec::new()
+        })
     }
 }
 
