@@ -188,7 +188,8 @@ pub(crate) static FUNCTIONS: &[(&str, usize, usize, Function)] = &[
     ("odd", 1, 1, |_, a| boolean(int_at(&a, 0)? % 2 != 0)),
     ("divisibleBy", 2, 2, |_, a| {
         let (value, by) = (int_at(&a, 0)?, int_at(&a, 1)?);
-        boolean(by != 0 && value % by == 0)
+        // checked: i64::MIN % -1 overflows (and would abort the VM); its remainder is 0.
+        boolean(by != 0 && value.checked_rem(by).unwrap_or(0) == 0)
     }),
 ];
 

@@ -666,6 +666,8 @@ mod tests {
         );
         assert_eq!(render("{{ isArray(items) }}{{ isObject(obj) }}{{ isBoolean(true) }}"), "truetruetrue");
         assert_eq!(render("{{ even(2) }}{{ odd(2) }}{{ divisibleBy(9, 3) }}"), "truefalsetrue");
+        // i64::MIN % -1 overflows: an answer, not an aborted VM.
+        assert_eq!(render("{{ divisibleBy(-9223372036854775807 - 1, -1) }}{{ divisibleBy(7, 0) }}"), "truefalse");
         assert_eq!(render("{{ replace(\"a-b-c\", \"-\", \"+\") }}"), "a+b+c");
     }
 
