@@ -406,6 +406,13 @@ impl Stream for AwsStream {
             },
         }
     }
+    fn on_done(&mut self, host: &dyn Host) {
+        if let (State::AwaitingCredentials(_), Some((cache, _))) = (self.state, &self.filter.cache) {
+            // The client went away before the credential fetch answered; its answer will not come here. Release
+            // the refresh lock now rather than after its lease (every worker would answer 503 until then).
+            self.filter.unlock(host, cache);
+        }
+    }
 }
 
 impl AwsStream {
@@ -1041,6 +1048,22 @@ mod tests {
             "secret_access_key": "base-secret", "assume_role": {"role_arn": "arn:aws:iam::123456789012:role/app",
             "cluster": "sts"}}}"#
             .to_string()
+    }
+
+    #[test]
+    fn a_request_that_ends_while_waiting_for_sts_releases_the_fetch_lock() {
+        let host = FakeHost::with_request(&[(":method", "GET"), (":path", "/"), (":authority", "sqs")]);
+        let mut s = stream(&host, &assume_role());
+        assert_eq!(s.on_request_headers(&host, true), Flow::Pause);
+        assert_eq!(host.http_calls.borrow().len(), 1);
+        // Another request meanwhile: the lock is taken, it is told to retry.
+        let mut other = stream(&host, &assume_role());
+        assert_eq!(reply_of(other.on_request_headers(&host, true)).status, 503);
+        s.on_done(&host);
+        // The lock is free again: the next request starts its own fetch.
+        let mut next = stream(&host, &assume_role());
+        assert_eq!(next.on_request_headers(&host, true), Flow::Pause);
+        assert_eq!(host.http_calls.borrow().len(), 2);
     }
 
     #[test]
