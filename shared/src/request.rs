@@ -75,6 +75,14 @@ pub fn is_grpc(content_type: Option<&str>) -> bool {
     })
 }
 
+/// `true` for a message whose body is a tunnel (WebSocket and other upgrades, CONNECT, a `101` answer): its body has
+/// no end to wait for, so a body filter treats it as a message without a body instead of holding it.
+pub fn is_tunnel<R: RequestHeaders + ?Sized>(message: &R) -> bool {
+    message.header("upgrade").is_some()
+        || message.header(":method").is_some_and(|m| m.eq_ignore_ascii_case("CONNECT"))
+        || message.header(":status").is_some_and(|s| s.trim() == "101")
+}
+
 /// Removes the port from an address (`10.0.0.1:5342` -> `10.0.0.1`, `[::1]:80` -> `::1`).
 pub fn strip_port(address: &str) -> &str {
     if let Some(rest) = address.strip_prefix('[') {
@@ -161,5 +169,16 @@ mod tests {
         assert!(!is_safe_header_value("a\r\nx: y"));
         assert!(!is_safe_header_value("a\nb"));
         assert!(!is_safe_header_value("a\0b"));
+    }
+
+    #[test]
+    fn tunnels() {
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        };
+        assert!(is_tunnel(&pairs(&[(":method", "GET"), ("upgrade", "websocket")])));
+        assert!(is_tunnel(&pairs(&[(":method", "connect")])));
+        assert!(is_tunnel(&pairs(&[(":status", "101")])));
+        assert!(!is_tunnel(&pairs(&[(":method", "POST"), (":status", "200")])));
     }
 }

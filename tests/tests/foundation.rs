@@ -221,10 +221,22 @@ async fn local_replies_name_their_filter_and_reason_in_the_access_log() {
     assert!(!envoy.access_log().contains("wasm_filter_local_reply"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn websocket_upgrades_pass_through_the_filters_when_no_rule_matches() {
-    let echo = EchoUpstream::start();
-    let envoy = demo(&echo).start();
+/// A Wasm filter of ours with the settings every configuration of ours has.
+fn wasm_filter(name: &str, config: Value) -> Value {
+    json!({"name": name, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": name, "root_id": name,
+            "allow_on_headers_stop_iteration": true, "failure_policy": "FAIL_RELOAD",
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config.to_string()},
+            "vm_config": {"vm_id": name, "runtime": "envoy.wasm.runtime.v8",
+                          "code": {"local": {"filename": format!("target/wasm32-wasip1/release/{name}.wasm")}}}
+        }
+    }})
+}
+
+/// A WebSocket handshake through Envoy's front listener, then bytes both ways through the tunnel.
+async fn websocket_round_trip(envoy: &integration_tests::Envoy) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", envoy.port("front"))).await.unwrap();
     stream
         .write_all(
@@ -246,7 +258,46 @@ async fn websocket_upgrades_pass_through_the_filters_when_no_rule_matches() {
     let mut echoed = [0u8; 16];
     tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut echoed)).await.unwrap().unwrap();
     assert_eq!(&echoed, b"frames both ways");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_upgrades_pass_through_the_filters_when_no_rule_matches() {
+    // The demo's chain: ratelimit, transformation, nats.
+    let echo = EchoUpstream::start();
+    let envoy = demo(&echo).start();
+    websocket_round_trip(&envoy).await;
     assert_eq!(echo.received().last().and_then(|r| r.header("upgrade")), Some("websocket"));
+
+    // All four, aws signing everything (an upgrade is signed as a request without a body, never held).
+    let echo = EchoUpstream::start();
+    let filters = vec![
+        wasm_filter(
+            "ratelimit",
+            json!({"rules": [{"name": "r", "match": {"prefix": "/limited"},
+            "limits": [{"requests": 1, "per": "1m"}]}]}),
+        ),
+        wasm_filter(
+            "transformation",
+            json!({"transformations": [{"match": {"prefix": "/transform"},
+            "route_transformations": {"request_transformation": {"transformation_template": {
+                "body": {"text": "{{ name }}"}}}}}]}),
+        ),
+        wasm_filter(
+            "aws",
+            json!({"region": "us-east-1", "service": "s3",
+            "credentials": {"access_key_id": "AKIDEXAMPLE", "secret_access_key": "secret"}}),
+        ),
+        wasm_filter(
+            "nats",
+            json!({"cluster": "nats_tunnel", "rules": [{"match": {"prefix": "/events/"},
+            "subject": "demo.{path:2}"}]}),
+        ),
+    ];
+    let envoy = demo(&echo).http_filters("front", filters).start();
+    websocket_round_trip(&envoy).await;
+    let upgrade = echo.received().last().cloned().expect("the upgrade reached the upstream");
+    assert_eq!(upgrade.header("upgrade"), Some("websocket"));
+    assert!(upgrade.header("authorization").is_some_and(|a| a.starts_with("AWS4-HMAC-SHA256 ")), "{upgrade:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use shared::body::{BodyLimit, BodyProgress};
 use shared::host::{CallResponse, Filter, HttpCall, Stream};
 use shared::metrics::{Counter, Gauge};
-use shared::request::is_grpc;
+use shared::request::{is_grpc, is_tunnel};
 use shared::store::reserve_create_cas;
 use shared::{Flow, Host, HostResult, LocalReply, RequestHeaders, Side};
 
@@ -302,6 +302,12 @@ impl Stream for AwsStream {
         let view = ByteHeaders { pairs: &headers, host };
         self.is_grpc = is_grpc(view.header("content-type").as_deref());
         self.lambda = filter.config.lambda_for(&view).cloned();
+        // A WebSocket upgrade or CONNECT: its body is a tunnel with no end to wait for. It is signed as a request
+        // without a body; it cannot be a Lambda invocation.
+        let tunnel = is_tunnel(&view);
+        if tunnel && self.lambda.is_some() {
+            return self.error(400, "an upgrade or CONNECT request cannot invoke a Lambda function", "aws_bad_request");
+        }
         let api_gateway = self.lambda.as_ref().is_some_and(|l| l.format == Format::ApiGateway);
         if api_gateway && end_of_stream {
             return self.error(
@@ -312,7 +318,7 @@ impl Stream for AwsStream {
             );
         }
         let needs_body = api_gateway || filter.config.payload == config::Payload::Signed;
-        if needs_body && !end_of_stream {
+        if needs_body && !end_of_stream && !tunnel {
             if filter.limit.declared_too_large(view.header("content-length").as_deref()) {
                 return self.too_large();
             }
@@ -320,7 +326,7 @@ impl Stream for AwsStream {
             return Flow::Buffer;
         }
         // Bodiless: the hash of the empty body. Streaming (unsigned payload): no body to hash.
-        let body = end_of_stream.then(|| Body { bytes: Vec::new(), size: 0 });
+        let body = (end_of_stream || tunnel).then(|| Body { bytes: Vec::new(), size: 0 });
         self.proceed(host, body)
     }
 
@@ -1048,6 +1054,21 @@ mod tests {
             "secret_access_key": "base-secret", "assume_role": {"role_arn": "arn:aws:iam::123456789012:role/app",
             "cluster": "sts"}}}"#
             .to_string()
+    }
+
+    #[test]
+    fn an_upgrade_is_signed_as_a_request_without_a_body_and_never_invokes_lambda() {
+        let upgrade = [(":method", "GET"), (":path", "/ws"), (":authority", "b.s3"), ("upgrade", "websocket")];
+        let host = FakeHost::with_request(&upgrade);
+        let mut s = stream(&host, &s3(""));
+        // Signed payload, but no body to wait for: signed at once with the empty body's hash.
+        assert_eq!(s.on_request_headers(&host, false), Flow::Continue);
+        assert!(header(&host, "authorization").is_some());
+        assert_eq!(header(&host, "x-amz-content-sha256").as_deref(), Some(sigv4::sha256_hex(b"").as_str()));
+
+        let host = FakeHost::with_request(&upgrade);
+        let mut s = stream(&host, &lambda(r#"{"function": "orders"}"#));
+        assert_eq!(reply_of(s.on_request_headers(&host, false)).details, "aws_bad_request");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::json;
 use shared::body::{BodyLimit, BodyProgress};
 use shared::host::{CallResponse, Filter, HttpCall, RequestView, Stream};
 use shared::metrics::{Counter, Gauge};
-use shared::request::{is_grpc, split_path};
+use shared::request::{is_grpc, is_tunnel, split_path};
 use shared::{Flow, Host, LocalReply, RequestHeaders, Side};
 
 use crate::config::{self, Config, PayloadMode, FILTER};
@@ -124,6 +124,11 @@ impl Stream for NatsStream {
             return Flow::Continue;
         };
         let grpc = is_grpc(request.header("content-type").as_deref());
+        if is_tunnel(&request) {
+            // Its body is a tunnel with no end: there is no message to publish (and holding it would hang it).
+            let failure = Failure::InvalidRequest("upgrade and CONNECT requests cannot be published".to_string());
+            return filter.fail(&failure, grpc, None);
+        }
         let subject = match rule.subject.render(&request) {
             Ok(subject) => subject,
             Err(err) => return filter.fail(&Failure::InvalidRequest(err.to_string()), grpc, None),
@@ -417,6 +422,15 @@ mod tests {
         assert_eq!(body, json!({"subject": "events.orders", "bytes": 0}));
         assert_eq!(metric("published"), 1);
         assert!(host.resumed.borrow().is_empty(), "the request never goes on to the upstream");
+    }
+
+    #[test]
+    fn an_upgrade_that_matches_a_rule_is_refused_not_held() {
+        let host = FakeHost::with_request(&[(":method", "GET"), (":path", "/env/ws"), ("upgrade", "websocket")]);
+        let reply = reply_of(NatsFilter::stream(filter()).on_request_headers(&host, false));
+        assert_eq!((reply.status, reply.details.as_str()), (400, "nats_bad_request"));
+        assert!(error(&reply).contains("upgrade"), "{}", error(&reply));
+        assert!(host.http_calls.borrow().is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use shared::body::{BodyLimit, BodyProgress};
 use shared::host::{Filter, Flow, Host, RequestView, Side, Stream};
 use shared::metrics::{Counter, Gauge};
-use shared::request::{is_grpc, RequestHeaders};
+use shared::request::{is_grpc, is_tunnel, RequestHeaders};
 use shared::LocalReply;
 
 use crate::body::{self, DecodeError, Encoding};
@@ -127,17 +127,6 @@ pub struct TransformationStream {
     request_headers: Option<Rc<Vec<(String, String)>>>,
     request: Phase,
     response_phase: Phase,
-}
-
-/// A message whose body is a tunnel (WebSocket and other upgrades, CONNECT, a 101 answer) has no end to wait
-/// for: it is transformed as a message without a body.
-fn is_tunnel(headers: &[(String, String)]) -> bool {
-    headers.iter().any(|(name, value)| match name.as_str() {
-        "upgrade" => true,
-        ":method" => value.eq_ignore_ascii_case("CONNECT"),
-        ":status" => value.trim() == "101",
-        _ => false,
-    })
 }
 
 impl TransformationStream {
@@ -326,7 +315,7 @@ impl Stream for TransformationStream {
         let Some(t) = entry.and_then(|e| e.request.clone()) else { return Flow::Continue };
         self.is_grpc = is_grpc(request.header("content-type").as_deref());
         let headers = request.into_pairs();
-        if !t.needs_body() || end_of_stream || is_tunnel(&headers) {
+        if !t.needs_body() || end_of_stream || is_tunnel(headers.as_slice()) {
             return match self.transform(host, Side::Request, &t, headers, None) {
                 Ok(()) => Flow::Continue,
                 Err(failure) => self.request_failed(failure),
@@ -373,7 +362,7 @@ impl Stream for TransformationStream {
             }
         };
         let Some(t) = self.response_transformation(host, &headers) else { return Flow::Continue };
-        if !t.needs_body() || end_of_stream || is_tunnel(&headers) {
+        if !t.needs_body() || end_of_stream || is_tunnel(headers.as_slice()) {
             if let Err(failure) = self.transform(host, Side::Response, &t, headers, None) {
                 self.response_failed(host, failure, None, end_of_stream);
             }
