@@ -47,9 +47,9 @@ const NOTES: &str = "\
   request headers while Envoy delivers the body (`allow_on_headers_stop_iteration`), then changes headers and \
   body at once and lets the request go; no buffer filter. The aws filter signs (and for Lambda rewrites) the \
   request in place and Envoy routes it to the route's cluster, as the native filters do; the nats filter sends \
-  one HTTP/2 stream per publish through Envoy's internal tunnel listener. The body rows' floor is a filter that \
-  only holds the headers until the body is complete (tables under \"What a host call costs\" and the JSON row \
-  below).
+  one HTTP/2 stream per publish through Envoy's internal tunnel listener. The summary's floor is the no-op \
+  filter; the body host-call table and the JSON row's steps below are measured against a filter that only holds \
+  the headers until the body is complete.
 - **Lambda**: Envoy's `aws_lambda` acts only on clusters marked as Lambda gateways (cluster metadata \
   `com.amazonaws.lambda: {egress_gateway: true}`, as bench.yaml's upstream is) and signs with credentials from \
   the environment. With payload passthrough it rewrites and signs the request in place and streams it to the \
@@ -569,7 +569,7 @@ async fn body_steps(ports: &Ports, settings: &Settings) -> String {
     let Some((_, reference)) = measured.first() else { return String::new() };
     let split = |name: &str| profile.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
     let mut out = String::from(
-        "| step | added CPU over the no-op filter, µs | in Wasm code | in Envoy and libraries |\n|---|---|---|---|\n",
+        "| step | added CPU over the holding filter, µs | in Wasm code | in Envoy and libraries |\n|---|---|---|---|\n",
     );
     for (name, rounds) in measured.get(1..).unwrap_or_default() {
         let places = match (split(name), split(FLOOR_HOLDING)) {
