@@ -6,8 +6,6 @@ pub mod extractor;
 pub mod functions;
 pub mod inja;
 pub mod stream;
-#[cfg(test)]
-mod stream_tests;
 pub mod template;
 pub mod transform;
 

@@ -408,3 +408,7 @@ impl Stream for TransformationStream {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "stream_tests.rs"]
+mod tests;
