@@ -357,26 +357,12 @@ impl Envoy {
 
     /// Waits until the access log contains `text`; returns whether it did (Envoy flushes it every second).
     pub fn wait_for_access_log(&self, text: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.access_log().contains(text) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
+        wait_until(|| self.access_log().contains(text))
     }
 
     /// Waits until Envoy's log contains `text`; returns whether it did.
     pub fn wait_for_log(&self, text: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.log().contains(text) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+        wait_until(|| self.log().contains(text))
     }
 
     /// Replaces the LDS listener file with `listener_file` from `envoy-test/` (rewritten like the bootstrap, with
@@ -420,6 +406,18 @@ impl Drop for Envoy {
             print_log_tail(&format!("Envoy log ({})", self.config.file), &self.log(), 300);
         }
     }
+}
+
+/// Polls `done` for up to 20 s; returns whether it became true.
+fn wait_until(done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 /// Prints the last `lines` lines of a log of a process the failing test ran.

@@ -32,6 +32,19 @@ use crate::lambda::{self, ClientRequest, Failure, Outcome};
 use crate::signing;
 use crate::sigv4::Credentials;
 
+/// Response-code details of the filter's own replies (`%RESPONSE_CODE_DETAILS%`); Lambda answers' are in
+/// `lambda::Failure::details`.
+pub mod details {
+    /// The request cannot be signed or invoked as it is.
+    pub const BAD_REQUEST: &str = "aws_bad_request";
+    /// No credentials, or they could not be fetched.
+    pub const CREDENTIALS_UNAVAILABLE: &str = "aws_credentials_unavailable";
+    /// The body is over `max_body`.
+    pub const BODY_TOO_LARGE: &str = "aws_body_too_large";
+    /// Envoy refused a header or body read or write.
+    pub const INTERNAL_ERROR: &str = "aws_internal_error";
+}
+
 /// Envoy's response-code details of an answer that came from the upstream (anything else is Envoy's own reply).
 const VIA_UPSTREAM: &str = "via_upstream";
 /// The request header with which a filter sets the route's upstream timeout for one request.
@@ -306,7 +319,11 @@ impl Stream for AwsStream {
         // without a body; it cannot be a Lambda invocation.
         let tunnel = is_tunnel(&view);
         if tunnel && self.lambda.is_some() {
-            return self.error(400, "an upgrade or CONNECT request cannot invoke a Lambda function", "aws_bad_request");
+            return self.error(
+                400,
+                "an upgrade or CONNECT request cannot invoke a Lambda function",
+                details::BAD_REQUEST,
+            );
         }
         let api_gateway = self.lambda.as_ref().is_some_and(|l| l.format == Format::ApiGateway);
         if api_gateway && end_of_stream {
@@ -314,7 +331,7 @@ impl Stream for AwsStream {
                 400,
                 "this route invokes a Lambda function with format api_gateway, whose event is the request body: \
                  send the request with a body (a filter cannot give a body to a request that has none)",
-                "aws_bad_request",
+                details::BAD_REQUEST,
             );
         }
         let needs_body = api_gateway || filter.config.payload == config::Payload::Signed;
@@ -357,7 +374,7 @@ impl Stream for AwsStream {
             }
             Err(err) => {
                 filter.metrics.credentials_unavailable.inc();
-                self.error(503, &format!("no AWS credentials: {err}"), "aws_credentials_unavailable")
+                self.error(503, &format!("no AWS credentials: {err}"), details::CREDENTIALS_UNAVAILABLE)
             }
         }
     }
@@ -459,7 +476,7 @@ impl AwsStream {
         };
         filter.metrics.credentials_unavailable.inc();
         log::warn!("{FILTER}: {message}");
-        Err(self.error(503, &message, "aws_credentials_unavailable"))
+        Err(self.error(503, &message, details::CREDENTIALS_UNAVAILABLE))
     }
 
     /// Rewrites (Lambda) and signs the request in place, then lets it go on. `body`: the complete body when the
@@ -478,7 +495,7 @@ impl AwsStream {
                 self.state = State::Sent;
                 Flow::Continue
             }
-            Ok(Err(message)) => self.error(400, &message, "aws_bad_request"),
+            Ok(Err(message)) => self.error(400, &message, details::BAD_REQUEST),
             Err(err) => self.internal_error("the request could not be rewritten", err),
         }
     }
@@ -616,7 +633,7 @@ impl AwsStream {
     fn too_large(&mut self) -> Flow {
         self.filter.metrics.body_too_large.inc();
         let message = self.filter.limit.too_large_message();
-        self.error(413, &message, "aws_body_too_large")
+        self.error(413, &message, details::BODY_TOO_LARGE)
     }
 
     fn error(&mut self, status: u32, message: &str, details: &str) -> Flow {
@@ -627,7 +644,7 @@ impl AwsStream {
     /// The host refused a call the request cannot do without: 500, logged (the client sees no detail).
     fn internal_error(&mut self, what: &str, err: shared::HostError) -> Flow {
         log::warn!("{FILTER}: {what}: {err}");
-        self.error(500, "the aws filter could not process the request", "aws_internal_error")
+        self.error(500, "the aws filter could not process the request", details::INTERNAL_ERROR)
     }
 }
 
