@@ -6,13 +6,11 @@
 
 pub mod admin;
 pub mod bench;
-pub mod echo;
 pub mod envoy;
 pub mod moto;
 pub mod nats_server;
 pub mod paths;
 pub mod rls;
-pub mod server;
 
-pub use echo::EchoUpstream;
+pub use echo_upstream::{echo, server, EchoUpstream};
 pub use envoy::{Envoy, EnvoyConfig};

@@ -1,6 +1,7 @@
 //! docker-compose.yaml cannot run here (no Docker engine), so check what can go wrong without one: every file it
-//! mounts exists, the Envoy image is the version the tests use, and every Envoy config it names loads in
-//! `envoy --mode validate` with the .wasm files at the mounted paths.
+//! mounts exists, the Envoy, moto and NATS images are the versions the tests use, Envoy waits for the service that
+//! builds the .wasm files, and every Envoy config it names loads in `envoy --mode validate` with the .wasm files at
+//! the mounted paths.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -75,4 +76,23 @@ fn compose_mounts_exist_and_envoy_configs_validate() {
         }
     }
     assert_eq!(validated, 1);
+}
+
+#[test]
+fn compose_builds_the_filters_first_with_the_tests_versions() {
+    let compose = load_yaml(&project_root().join("docker-compose.yaml"));
+    let services = &compose["services"];
+    // `docker compose up` alone: the build service compiles the four filters before Envoy starts.
+    let build = services["build"]["command"].as_array().expect("build command");
+    let script: Vec<&str> = build.iter().filter_map(Value::as_str).collect();
+    assert!(script.join(" ").contains("cargo build --release --target wasm32-wasip1 --locked"), "{script:?}");
+    assert_eq!(services["build"]["volumes"][0], "./:/project");
+    assert_eq!(services["envoy"]["depends_on"]["build"]["condition"], "service_completed_successfully");
+
+    let tag = |service: &str| services[service]["image"].as_str().and_then(|i| i.rsplit(':').next()).unwrap_or("");
+    let nats = Command::new("nats-server").arg("--version").output().expect("nats-server");
+    let nats = String::from_utf8_lossy(&nats.stdout).to_string();
+    assert!(nats.contains(&format!("v{}", tag("nats"))), "nats image {} but the tests run {nats}", tag("nats"));
+    let install = std::fs::read_to_string(project_root().join("envoy-test/install")).expect("install script");
+    assert!(install.contains(&format!("MOTO_VERSION={}", tag("aws"))), "moto image {}", tag("aws"));
 }

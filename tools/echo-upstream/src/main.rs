@@ -2,7 +2,7 @@
 
 fn main() {
     let port = std::env::args().nth(1).and_then(|p| p.parse().ok()).unwrap_or(8081);
-    match integration_tests::EchoUpstream::start_on(port) {
+    match echo_upstream::EchoUpstream::start_on(port) {
         Ok(upstream) => {
             println!("echo upstream listening on 127.0.0.1:{}", upstream.port());
             upstream.run_until_ctrl_c();
