@@ -308,6 +308,9 @@ async fn with_jetstream_every_202_is_in_the_stream() {
     assert_eq!(stat(&envoy, "published"), N as u64);
 }
 
+/// 10 B fits in nats-server's first read of the connection; the larger bodies do not.
+const AUTH_BODY_SIZES: [usize; 4] = [10, 1024, 64 * 1024, 512 * 1024];
+
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_right_credentials_publish_and_wrong_ones_get_502_with_the_server_reason() {
     let echo = EchoUpstream::start();
@@ -331,18 +334,37 @@ async fn auth_right_credentials_publish_and_wrong_ones_get_502_with_the_server_r
     let answer = send(http.post(format!("{}/p", envoy.url("front"))).body("with password")).await;
     assert_eq!(answer.status, 202, "{}", answer.body);
     assert_eq!(&next_message(&mut subscription).await.payload[..], b"with password");
+    // Bodies of every size are published: nats-server reads the whole message.
+    for (i, size) in AUTH_BODY_SIZES.into_iter().enumerate() {
+        let body = vec![b'a' + i as u8; size];
+        let answer = send(http.post(format!("{}/p", envoy.url("front"))).body(body.clone())).await;
+        assert_eq!(answer.status, 202, "{size} bytes: {}", answer.body);
+        assert_eq!(answer.body["bytes"], size);
+        assert!(next_message(&mut subscription).await.payload[..] == body[..], "{size} bytes arrive intact");
+    }
     assert!(!envoy.log().contains("s3cret"), "the password is not logged");
     drop(envoy);
 
+    // A wrong password: nats-server answers -ERR and closes the connection after CONNECT, before reading the
+    // message; for a body that is still unread in its socket the kernel resets the connection and the -ERR is
+    // lost. Every size still gets the server's reason (each twice, so that a worker which already knows the
+    // server's max_payload answers too).
     let envoy = gateway(&nats, &echo)
         .plugin_config("nats", config(json!({"user": "gw", "password_env": "NATS_PASSWORD"})))
         .env("NATS_PASSWORD", "wrong")
         .start();
-    let answer = send(http.post(format!("{}/p", envoy.url("front"))).body("wrong password")).await;
-    assert_eq!(answer.status, 502, "{}", answer.body);
-    assert_eq!(answer.body["filter"], "nats");
-    assert!(answer.body["error"].as_str().unwrap().contains("Authorization Violation"), "{}", answer.body);
-    assert_eq!(stat(&envoy, "rejected"), 1);
+    for size in AUTH_BODY_SIZES.into_iter().chain(AUTH_BODY_SIZES) {
+        let answer = send(http.post(format!("{}/p", envoy.url("front"))).body(vec![b'w'; size])).await;
+        assert_eq!(answer.status, 502, "{size} bytes: {}", answer.body);
+        assert_eq!(answer.body["filter"], "nats");
+        assert_eq!(
+            answer.body["error"], "the NATS server refused the publish: Authorization Violation",
+            "{size} bytes"
+        );
+    }
+    let refused = 2 * AUTH_BODY_SIZES.len() as u64;
+    assert_eq!(stat(&envoy, "rejected"), refused);
+    assert_eq!(stat(&envoy, "unavailable"), 0);
     assert_eq!(stat(&envoy, "published"), 0);
     assert_logged(&envoy, "POST /p", "502 nats_rejected -");
     drop(envoy);
@@ -379,9 +401,11 @@ async fn auth_right_credentials_publish_and_wrong_ones_get_502_with_the_server_r
     assert_eq!(&next_message(&mut subscription).await.payload[..], b"with token");
     drop(envoy);
     let envoy = gateway(&nats, &echo).plugin_config("nats", config(json!({"token": "nope"}))).start();
-    let answer = send(http.post(format!("{}/p", envoy.url("front"))).body("wrong token")).await;
-    assert_eq!(answer.status, 502, "{}", answer.body);
-    assert!(answer.body["error"].as_str().unwrap().contains("Authorization Violation"));
+    for body in [b"wrong token".to_vec(), vec![b't'; 64 * 1024]] {
+        let answer = send(http.post(format!("{}/p", envoy.url("front"))).body(body)).await;
+        assert_eq!(answer.status, 502, "{}", answer.body);
+        assert!(answer.body["error"].as_str().unwrap().contains("Authorization Violation"), "{}", answer.body);
+    }
     assert_nothing_more(&client, &mut subscription).await;
 }
 

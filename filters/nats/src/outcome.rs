@@ -2,7 +2,7 @@
 //! otherwise an error status that says where it failed. Each outcome is counted under its own metric and named in
 //! the reply's response-code details (`%RESPONSE_CODE_DETAILS%` in Envoy's access log).
 
-use crate::protocol::{self, ServerInfo};
+use crate::protocol::{self, ServerAnswer, ServerInfo};
 
 /// Why a request was not published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,20 +133,44 @@ pub struct Classified {
     pub result: Result<(), Failure>,
     /// The server's `INFO`, when it sent one.
     pub info: Option<ServerInfo>,
-    /// The connection ended without `PONG` or `-ERR`. nats-server closes the connection on a message over its
-    /// `max_payload` before it has read the client's bytes, and Envoy then reports a reset that loses the `-ERR`:
-    /// such a failure is checked against the server's `max_payload` (see [`too_large`]).
+    /// The reason of the server's `-ERR`, when it sent one.
+    pub server_error: Option<String>,
+    /// The connection ended without `PONG` or `-ERR`. nats-server answers `-ERR` and closes the connection before
+    /// it has read all the client's bytes on a message over its `max_payload`, and on a `CONNECT` with wrong
+    /// credentials; the kernel then resets the connection and Envoy loses the `-ERR`. Such a failure is decided by
+    /// a probe (see [`after_probe`]).
     pub connection_lost: bool,
 }
 
 /// Classifies the tunnel's answer.
 pub fn classify(response: &TunnelResponse<'_>) -> Classified {
-    let (result, info) = classify_result(response);
+    let (result, answer) = classify_result(response);
     let connection_lost = match &result {
         Err(Failure::Unavailable(why)) | Err(Failure::Rejected(why)) => why.contains(LOST),
         _ => false,
     };
-    Classified { result, info, connection_lost }
+    let (info, server_error) = answer.map(|answer| (answer.info, answer.error)).unwrap_or_default();
+    Classified { result, info, server_error, connection_lost }
+}
+
+/// The failure to answer for a publish whose connection was lost (`original`), given the answer to the probe
+/// that followed it: a `CONNECT` with the same credentials and a `PING`, publishing nothing.
+/// - The probe's credentials refused (`-ERR 'Authorization Violation'`): the publish's `CONNECT` was refused too,
+///   before the server read its `PUB`; nothing was published. 502 with the server's reason, as when the `-ERR`
+///   is not lost.
+/// - Otherwise a message over the server's `max_payload` (from the probe's `INFO`) is a 413.
+/// - Otherwise the original failure stands: whether the message was published is unknown.
+pub fn after_probe(probe: &Classified, wire_size: usize, original: Failure) -> Failure {
+    if let Some(reason) = probe.server_error.as_deref().filter(|reason| protocol::is_auth_error(reason)) {
+        return refused(reason);
+    }
+    let server_max = probe.info.as_ref().and_then(|info| info.max_payload);
+    too_large(wire_size, server_max).unwrap_or(original)
+}
+
+/// The server's `-ERR`, with its reason.
+fn refused(reason: &str) -> Failure {
+    Failure::Rejected(format!("the NATS server refused the publish: {reason}"))
 }
 
 /// Marks the messages of lost connections.
@@ -162,7 +186,7 @@ pub fn too_large(wire_size: usize, max_payload: Option<u64>) -> Option<Failure> 
     })
 }
 
-fn classify_result(response: &TunnelResponse<'_>) -> (Result<(), Failure>, Option<ServerInfo>) {
+fn classify_result(response: &TunnelResponse<'_>) -> (Result<(), Failure>, Option<ServerAnswer>) {
     let status = match response.status {
         Some(status) => status,
         None => {
@@ -186,14 +210,14 @@ fn classify_result(response: &TunnelResponse<'_>) -> (Result<(), Failure>, Optio
         (Some(reason), _) if protocol::is_max_payload_error(reason) => {
             Err(Failure::TooLarge(format!("the NATS server refused the message: {reason}")))
         }
-        (Some(reason), _) => Err(Failure::Rejected(format!("the NATS server refused the publish: {reason}"))),
+        (Some(reason), _) => Err(refused(reason)),
         (None, true) => Ok(()),
         (None, false) if answer.info.is_none() && response.body.is_empty() => {
             Err(Failure::Unavailable(format!("{LOST} closed without an answer")))
         }
         (None, false) => Err(Failure::Rejected(format!("{LOST} closed before the server confirmed the publish"))),
     };
-    (result, answer.info)
+    (result, Some(answer))
 }
 
 #[cfg(test)]
@@ -229,6 +253,31 @@ mod tests {
         let failure = too_large(11, Some(10)).unwrap();
         assert_eq!(failure.status(), 413);
         assert_eq!(failure.message(), "message of 11 bytes is larger than the NATS server's max_payload of 10 bytes");
+    }
+
+    fn probe(body: &[u8]) -> Classified {
+        classify(&TunnelResponse { status: Some(200), body, elapsed_nanos: 1, timeout_nanos: 2 * SECOND })
+    }
+
+    #[test]
+    fn after_a_lost_connection_the_probe_decides() {
+        let reset = || Failure::Unavailable(format!("{LOST} reset"));
+        // Credentials refused: the publish's CONNECT was refused too, with the same words as an -ERR not lost.
+        let refused = probe(b"INFO {\"max_payload\":8}\r\n-ERR 'Authorization Violation'\r\n");
+        assert_eq!(refused.server_error.as_deref(), Some("Authorization Violation"));
+        let failure = after_probe(&refused, 100, reset());
+        assert_eq!(failure, Failure::Rejected("the NATS server refused the publish: Authorization Violation".into()));
+        let direct = probe(b"INFO {}\r\n-ERR 'Authorization Violation'\r\n").result.unwrap_err();
+        assert_eq!(failure, direct);
+        // Accepted: over max_payload is 413, within it the reset stands.
+        let accepted = probe(b"INFO {\"max_payload\":8}\r\nPONG\r\n");
+        assert_eq!(accepted.server_error, None);
+        assert_eq!(after_probe(&accepted, 9, reset()).status(), 413);
+        assert_eq!(after_probe(&accepted, 8, reset()), reset());
+        // Any other -ERR (not about the credentials) or no answer says nothing about the publish.
+        let busy = probe(b"-ERR 'maximum connections exceeded'\r\n");
+        assert_eq!(after_probe(&busy, 1, reset()), reset());
+        assert_eq!(after_probe(&probe(b""), 1, reset()), reset());
     }
 
     #[test]

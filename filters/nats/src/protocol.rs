@@ -165,6 +165,13 @@ pub fn is_max_payload_error(reason: &str) -> bool {
     reason.to_ascii_lowercase().contains("maximum payload")
 }
 
+/// `true` for the server's refusal of the `CONNECT`'s credentials (`-ERR 'Authorization Violation'`, or an
+/// expired or revoked user): it comes before any `PUB` is read, and the same credentials get it again.
+pub fn is_auth_error(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    reason.contains("authorization violation") || reason.contains("authentication")
+}
+
 /// The server's `max_payload` as the filter last saw it in an `INFO`, trusted for a while: an oversized message
 /// is refused without a round trip, and a server restarted with a larger limit is noticed within `ttl_nanos`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -309,6 +316,15 @@ mod tests {
     fn max_payload_errors() {
         assert!(is_max_payload_error("Maximum Payload Violation"));
         assert!(!is_max_payload_error("Authorization Violation"));
+    }
+
+    #[test]
+    fn auth_errors() {
+        assert!(is_auth_error("Authorization Violation"));
+        assert!(is_auth_error("User Authentication Expired"));
+        assert!(!is_auth_error("Permissions Violation for Publish to \"x\""));
+        assert!(!is_auth_error("Maximum Payload Violation"));
+        assert!(!is_auth_error("maximum connections exceeded"));
     }
 
     #[test]

@@ -110,8 +110,8 @@ struct InFlight {
     wire_size: usize,
     started: u64,
     is_grpc: bool,
-    /// Set when this call is a probe for the server's `max_payload` after the publish lost its connection: the
-    /// failure to answer unless the message turns out to be too large.
+    /// Set when this call is a probe after the publish lost its connection: the failure to answer unless the
+    /// probe shows why (see [`outcome::after_probe`]).
     probe_for: Option<Failure>,
 }
 
@@ -208,26 +208,27 @@ impl Stream for NatsStream {
             elapsed_nanos: now.saturating_sub(in_flight.started),
             timeout_nanos: filter.config.timeout.as_nanos_u64(),
         });
-        let server_max = classified.info.and_then(|info| info.max_payload);
+        let server_max = classified.info.as_ref().and_then(|info| info.max_payload);
         if let Some(max_payload) = server_max {
             let mut cache = filter.max_payload.get();
             cache.update(max_payload, now);
             filter.max_payload.set(cache);
         }
         if let Some(original) = in_flight.probe_for {
-            let failure = outcome::too_large(in_flight.wire_size, server_max).unwrap_or(original);
+            let failure = outcome::after_probe(&classified, in_flight.wire_size, original);
             return filter.fail(&failure, in_flight.is_grpc, Some(&in_flight.subject));
         }
         match classified.result {
             Ok(()) => filter.published(&in_flight),
             Err(failure) if classified.connection_lost => {
                 let known_max = server_max.or_else(|| filter.max_payload.get().limit(now));
-                if known_max.is_some() {
-                    let failure = outcome::too_large(in_flight.wire_size, known_max).unwrap_or(failure);
-                    return filter.fail(&failure, in_flight.is_grpc, Some(&in_flight.subject));
+                if let Some(too_large) = outcome::too_large(in_flight.wire_size, known_max) {
+                    return filter.fail(&too_large, in_flight.is_grpc, Some(&in_flight.subject));
                 }
-                // nats-server drops the connection on a message over its max_payload and Envoy then loses the
-                // -ERR: ask the server for its limit (CONNECT, PING; nothing is published) before answering.
+                // nats-server answers -ERR and closes the connection before reading the whole message when it is
+                // over its max_payload or when the CONNECT's credentials are refused, and Envoy then loses the
+                // -ERR: ask the server (CONNECT, PING; nothing is published) before answering. A known limit
+                // that the message fits does not answer the credentials question, so the probe goes anyway.
                 let probe = protocol::probe_request(&filter.config.connect);
                 match filter.dispatch(host, &probe) {
                     Ok(token) => {
@@ -236,7 +237,7 @@ impl Stream for NatsStream {
                         Flow::Pause
                     }
                     Err(err) => {
-                        log::warn!("{FILTER}: the max_payload probe could not be sent: {err}");
+                        log::warn!("{FILTER}: the probe after a lost connection could not be sent: {err}");
                         filter.fail(&failure, in_flight.is_grpc, Some(&in_flight.subject))
                     }
                 }

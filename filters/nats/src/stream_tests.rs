@@ -325,18 +325,66 @@ fn a_probe_the_host_refuses_answers_the_original_failure() {
 }
 
 #[test]
-fn a_known_max_payload_decides_a_lost_connection_without_a_probe() {
+fn a_lost_connection_whose_probe_is_refused_for_its_credentials_is_502_with_the_reason() {
+    // nats-server refuses a wrong password after CONNECT and closes with the message unread: a reset, the -ERR
+    // lost. The probe, with the same credentials, gets the -ERR; nothing was published.
+    let refused = "INFO {\"max_payload\":1048576}\r\n-ERR 'Authorization Violation'\r\n";
+    // Reset, or closed after the INFO without a confirmation: both lost connections.
+    for lost in [answer(None, ""), answer(Some(200), "INFO {}\r\n")] {
+        let host = post("/events/orders", &[]);
+        let (mut stream, token) = publishing(&filter(), &host, b"0123456789");
+        assert_eq!(stream.on_http_call_response(&host, token, lost), Flow::Pause);
+        let probe = host.last_call().unwrap();
+        assert!(!String::from_utf8(probe.body).unwrap().contains("PUB"), "the probe publishes nothing");
+        let reply = reply_of(stream.on_http_call_response(&host, probe.token, answer(Some(200), refused)));
+        assert_eq!((reply.status, reply.details.as_str()), (502, "nats_rejected"));
+        assert_eq!(error(&reply), "the NATS server refused the publish: Authorization Violation");
+    }
+    assert_eq!(metric("rejected"), 2);
+    assert_eq!(metric("unavailable"), 0);
+
+    // An -ERR that is not about the credentials says nothing about the lost publish: the reset stands.
+    let host = post("/events/orders", &[]);
+    let (mut stream, token) = publishing(&filter(), &host, b"x");
+    assert_eq!(stream.on_http_call_response(&host, token, answer(None, "")), Flow::Pause);
+    let probe = host.last_call().unwrap().token;
+    let busy = answer(Some(200), "-ERR 'maximum connections exceeded'\r\n");
+    let reply = reply_of(stream.on_http_call_response(&host, probe, busy));
+    assert_eq!((reply.status, reply.details.as_str()), (503, "nats_unavailable"));
+    assert!(error(&reply).contains("reset"), "{}", error(&reply));
+}
+
+#[test]
+fn a_known_max_payload_decides_an_oversized_lost_message_and_a_fitting_one_still_probes() {
     let filter = filter();
     // A publish whose answer carries the server's INFO teaches the VM the limit.
     let host = post("/events/orders", &[]);
     let (mut stream, token) = publishing(&filter, &host, b"ok");
     let ok = answer(Some(200), "INFO {\"max_payload\":12}\r\nPONG\r\n");
     assert_eq!(reply_of(stream.on_http_call_response(&host, token, ok)).status, 202);
-    // 12 bytes fit; the server then drops the connection anyway: unavailable, no probe.
+    // 12 bytes fit; the server then drops the connection anyway. The limit cannot explain it, the credentials
+    // might (changed on the server since): the probe goes, and with the credentials accepted the reset stands.
     let host = post("/events/orders", &[]);
     let (mut stream, token) = publishing(&filter, &host, b"0123456789ab");
-    let reply = reply_of(stream.on_http_call_response(&host, token, answer(None, "")));
+    assert_eq!(stream.on_http_call_response(&host, token, answer(None, "")), Flow::Pause);
+    let probe = host.last_call().unwrap().token;
+    assert_ne!(probe, token);
+    let reply = reply_of(stream.on_http_call_response(&host, probe, answer(Some(200), PONG)));
     assert_eq!((reply.status, reply.details.as_str()), (503, "nats_unavailable"));
+    assert!(error(&reply).contains("reset"), "{}", error(&reply));
+    assert_eq!(host.http_calls.borrow().len(), 2);
+
+    // A lost connection whose INFO shows the message over the limit: 413 at once, no probe.
+    let filter = filter_with(json!({"cluster": "nats_tunnel", "rules": [{"subject": "t"}]}));
+    let host = post("/x", &[]);
+    *host.request_body.borrow_mut() = b"0123456789".to_vec();
+    let mut stream = NatsFilter::stream(filter);
+    assert_eq!(stream.on_request_headers(&host, false), Flow::Buffer);
+    assert_eq!(stream.on_request_body(&host, 10, true), Flow::Pause);
+    let token = host.last_call().unwrap().token;
+    let closed = answer(Some(200), "INFO {\"max_payload\":8}\r\n");
+    let reply = reply_of(stream.on_http_call_response(&host, token, closed));
+    assert_eq!((reply.status, reply.details.as_str()), (413, "nats_too_large"));
     assert_eq!(host.http_calls.borrow().len(), 1);
 }
 
