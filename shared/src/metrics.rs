@@ -1,8 +1,22 @@
-//! Counters and gauges named `<filter>.<scope>.<event>`, defined once in the root context and shown by Envoy
-//! under `/stats` (Envoy prefixes custom Wasm metrics with `wasmcustom.`).
+//! Counters and gauges of one plugin instance, defined once in its root context and shown by Envoy under `/stats`
+//! (Envoy prefixes custom Wasm metrics with `wasmcustom.`).
 //!
-//! In Envoy the calls go to the host layer's ABI ([`crate::host::abi`]). In host unit tests they go to an in-memory registry, so that
-//! logic that counts can be tested without a host.
+//! Every name carries the filter, the plugin instance (Envoy's `plugin_name`) and, for per-rule metrics, the rule,
+//! in Istio's tag encoding (`key=.=value;.;`), so that two instances never share a counter and Envoy's
+//! `stats_config.stats_tags` (or Istio's `extraStatTags`) can turn plugin and rule into labels:
+//!
+//! ```text
+//! wasmcustom.ratelimit.plugin=.=edge;.;rule=.=api;.;allowed    (/stats)
+//! ratelimit_allowed{plugin="edge",rule="api"}                  (/stats/prometheus, with the tags below)
+//! ```
+//!
+//! with the `stats_tags` of `envoy-test/demo.yaml` (the unit tests below check them). Values are sanitized to
+//! `[A-Za-z0-9_-]`, so a plugin or rule name can never contain the `=`, `;` or `.` that delimit a tag.
+//!
+//! In Envoy the calls go to the host layer's ABI ([`crate::host::abi`]). In host unit tests they go to an in-memory
+//! registry, so that logic that counts can be tested without a host.
+
+use crate::host::Host;
 
 /// Builds a metric name from its parts, replacing characters that would break Envoy's dotted stat names.
 pub fn metric_name(parts: &[&str]) -> String {
@@ -11,9 +25,79 @@ pub fn metric_name(parts: &[&str]) -> String {
         if !name.is_empty() {
             name.push('.');
         }
-        name.extend(part.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }));
+        name.push_str(&sanitize(part));
     }
     name
+}
+
+/// A tag value or name part: `[A-Za-z0-9_-]` only, never empty (an empty tag value would not match the tag regex).
+fn sanitize(part: &str) -> String {
+    let clean: String =
+        part.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    if clean.is_empty() {
+        "_".to_string()
+    } else {
+        clean
+    }
+}
+
+/// The metrics of one plugin instance of a filter: `<filter>.plugin=.=<plugin>;.;[rule=.=<rule>;.;]<event>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    filter: &'static str,
+    plugin: String,
+}
+
+impl Scope {
+    /// The scope of the plugin being configured: its `plugin_name` (the `name` of the Wasm `PluginConfig`), or the
+    /// filter's name when Envoy does not give one.
+    pub fn of_plugin(host: &dyn Host, filter: &'static str) -> Self {
+        let plugin = match host.property_text(&["plugin_name"]) {
+            Ok(Some(name)) => name,
+            Ok(None) => filter.to_string(),
+            Err(err) => {
+                log::warn!("{filter}: plugin_name unavailable ({err}): metrics are named after plugin {filter:?}");
+                filter.to_string()
+            }
+        };
+        Scope::new(filter, &plugin)
+    }
+
+    pub fn new(filter: &'static str, plugin: &str) -> Self {
+        Scope { filter, plugin: plugin.to_string() }
+    }
+
+    /// The full name of a plugin-wide metric (`event` may be dotted, e.g. `lambda.invoked`).
+    pub fn name(&self, event: &str) -> String {
+        format!("{}.plugin=.={};.;{}", self.filter, sanitize(&self.plugin), event_name(event))
+    }
+
+    /// The full name of a per-rule metric.
+    pub fn rule_name(&self, rule: &str, event: &str) -> String {
+        format!(
+            "{}.plugin=.={};.;rule=.={};.;{}",
+            self.filter,
+            sanitize(&self.plugin),
+            sanitize(rule),
+            event_name(event)
+        )
+    }
+
+    pub fn counter(&self, event: &str) -> Counter {
+        Counter::named(&self.name(event))
+    }
+
+    pub fn gauge(&self, event: &str) -> Gauge {
+        Gauge::named(&self.name(event))
+    }
+
+    pub fn rule_counter(&self, rule: &str, event: &str) -> Counter {
+        Counter::named(&self.rule_name(rule, event))
+    }
+}
+
+fn event_name(event: &str) -> String {
+    metric_name(&event.split('.').collect::<Vec<_>>())
 }
 
 /// A monotonically increasing count.
@@ -28,7 +112,11 @@ impl Counter {
     /// Defines (or finds) the counter. A host that refuses the definition leaves a counter that counts nothing,
     /// which is logged once here instead of failing requests later.
     pub fn define(parts: &[&str]) -> Self {
-        Counter(backend::define(backend::Kind::Counter, &metric_name(parts)))
+        Counter::named(&metric_name(parts))
+    }
+
+    fn named(name: &str) -> Self {
+        Counter(backend::define(backend::Kind::Counter, name))
     }
 
     pub fn inc(&self) {
@@ -44,7 +132,11 @@ impl Counter {
 
 impl Gauge {
     pub fn define(parts: &[&str]) -> Self {
-        Gauge(backend::define(backend::Kind::Gauge, &metric_name(parts)))
+        Gauge::named(&metric_name(parts))
+    }
+
+    fn named(name: &str) -> Self {
+        Gauge(backend::define(backend::Kind::Gauge, name))
     }
 
     pub fn set(&self, value: u64) {
@@ -150,6 +242,89 @@ mod tests {
         assert_eq!(metric_name(&["ratelimit", "free-tier", "allowed"]), "ratelimit.free-tier.allowed");
         assert_eq!(metric_name(&["ratelimit", "a.b c/d", "limited"]), "ratelimit.a_b_c_d.limited");
         assert_eq!(metric_name(&["nats", "", "published"]), "nats.published");
+    }
+
+    #[test]
+    fn scoped_names_carry_plugin_and_rule_as_tags() {
+        let scope = Scope::new("ratelimit", "edge");
+        assert_eq!(scope.name("rules"), "ratelimit.plugin=.=edge;.;rules");
+        assert_eq!(scope.rule_name("api", "allowed"), "ratelimit.plugin=.=edge;.;rule=.=api;.;allowed");
+        assert_eq!(Scope::new("aws", "aws").name("lambda.invoked"), "aws.plugin=.=aws;.;lambda.invoked");
+        // Istio names plugins `<namespace>.<name>`: no dot, `=` or `;` may reach a tag value.
+        let istio = Scope::new("ratelimit", "istio-system.rl=x;y");
+        assert_eq!(
+            istio.rule_name("a.b;.;c", "limited"),
+            "ratelimit.plugin=.=istio-system_rl_x_y;.;rule=.=a_b___c;.;limited"
+        );
+        assert_eq!(Scope::new("nats", "").name("published"), "nats.plugin=.=_;.;published");
+    }
+
+    /// The `stats_config.stats_tags` of `envoy-test/demo.yaml` and the README (anchored, so that Envoy runs them
+    /// only on `wasmcustom.` names), and the unanchored form Istio generates for `extraStatTags`.
+    pub const STATS_TAGS: [(&str, &str); 2] = [
+        ("plugin", r"^wasmcustom\.\w+\.(plugin=\.=(.+?);\.;)"),
+        ("rule", r"^wasmcustom\.\w+\.plugin=\.=.+?;\.;(rule=\.=(.+?);\.;)"),
+    ];
+    const ISTIO_TAGS: [(&str, &str); 2] = [("plugin", r"(plugin=\.=(.+?);\.;)"), ("rule", r"(rule=\.=(.+?);\.;)")];
+
+    /// What Envoy's tag extraction does with `stats_tags`: each regex runs on the full name, its first group is
+    /// removed from the name and its second group is the label value.
+    #[test]
+    fn the_documented_tag_regexes_split_every_name_unambiguously() {
+        for tags in [STATS_TAGS, ISTIO_TAGS] {
+            split_with(tags);
+        }
+    }
+
+    fn split_with(tags: [(&str, &str); 2]) {
+        // The labels and the name left once every matched first group is removed, as Envoy's tag producer does.
+        let split = |name: &str| -> (Vec<(String, String)>, String) {
+            let mut labels = Vec::new();
+            let mut removed = Vec::new();
+            for (key, pattern) in tags {
+                let regex = regex_lite::Regex::new(pattern).unwrap();
+                if let Some(captures) = regex.captures(name) {
+                    removed.push(captures.get(1).unwrap().range());
+                    labels.push((key.to_string(), captures.get(2).unwrap().as_str().to_string()));
+                }
+            }
+            let rest = name.char_indices().filter(|(i, _)| !removed.iter().any(|r| r.contains(i))).map(|(_, c)| c);
+            (labels, rest.collect())
+        };
+        let label = |key: &str, value: &str| (key.to_string(), sanitize(value));
+        // Names that look like the keys themselves, or like each other, still split into the right labels.
+        for (plugin, rule) in [("edge", "api"), ("rule", "plugin"), ("a.rule=.=x", "plugin=.=y;.;"), ("p", "r-1")] {
+            let name = format!("wasmcustom.{}", Scope::new("ratelimit", plugin).rule_name(rule, "allowed"));
+            let expected = vec![label("plugin", plugin), label("rule", rule)];
+            assert_eq!(split(&name), (expected, "wasmcustom.ratelimit.allowed".to_string()), "{name}");
+        }
+        let plugin_wide = format!("wasmcustom.{}", Scope::new("aws", "rule").name("sts.refreshed"));
+        assert_eq!(split(&plugin_wide), (vec![label("plugin", "rule")], "wasmcustom.aws.sts.refreshed".to_string()));
+    }
+
+    #[test]
+    fn the_scope_is_named_after_envoys_plugin_name_or_the_filter() {
+        let host = crate::host::FakeHost::with_request(&[]);
+        assert_eq!(Scope::of_plugin(&host, "nats"), Scope::new("nats", "nats"));
+        host.set_property("plugin_name", "edge.nats");
+        assert_eq!(Scope::of_plugin(&host, "nats").name("published"), "nats.plugin=.=edge_nats;.;published");
+        host.fail("property", crate::HostError::BadArgument);
+        assert_eq!(Scope::of_plugin(&host, "nats"), Scope::new("nats", "nats"));
+    }
+
+    #[test]
+    fn scoped_metrics_of_two_plugins_are_separate() {
+        let a = Scope::new("f", "a");
+        let b = Scope::new("f", "b");
+        a.rule_counter("r", "allowed").add(3);
+        b.rule_counter("r", "allowed").inc();
+        a.gauge("rules").set(2);
+        b.counter("events").inc();
+        assert_eq!(test_value("f.plugin=.=a;.;rule=.=r;.;allowed"), Some(3));
+        assert_eq!(test_value("f.plugin=.=b;.;rule=.=r;.;allowed"), Some(1));
+        assert_eq!(test_value("f.plugin=.=a;.;rules"), Some(2));
+        assert_eq!(test_value("f.plugin=.=b;.;events"), Some(1));
+        assert_eq!(test_value("f.plugin=.=a;.;events"), None);
     }
 
     #[test]
