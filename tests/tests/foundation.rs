@@ -11,6 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FILTERS: [&str; 4] = ["ratelimit", "transformation", "aws", "nats"];
 
+/// The rule count of the reload listener's plugin `ratelimit`.
+const RATELIMIT_RULES: &str = "wasmcustom.ratelimit.plugin=.=ratelimit;.;rules";
+
 fn demo(echo: &EchoUpstream) -> EnvoyConfig {
     EnvoyConfig::new("demo.yaml").upstream(8081, echo.port())
 }
@@ -49,10 +52,11 @@ async fn demo_gateway_loads_all_four_filters_and_serves() {
     assert_eq!(response.text().await.unwrap(), "teapot");
     assert_eq!(echo.received().len(), 2);
 
-    // Every filter applied its configuration (aws runs as an upstream filter on the `aws` cluster).
+    // Every filter applied its configuration (aws runs as an upstream filter on the `aws` cluster); each plugin
+    // is named after its filter in the demo.
     let stats = envoy.stats();
     for (filter, rules) in [("ratelimit", 1), ("transformation", 1), ("aws", 0), ("nats", 1)] {
-        assert_eq!(stats.get(&format!("wasmcustom.{filter}.rules")), Some(&rules), "{filter}");
+        assert_eq!(stats.get(&format!("wasmcustom.{filter}.plugin=.={filter};.;rules")), Some(&rules), "{filter}");
     }
     for filter in FILTERS {
         assert!(envoy.log().contains(&format!("{filter}: configuration applied")), "{filter} did not log");
@@ -105,7 +109,7 @@ async fn configuration_reloads_without_restart_and_bad_updates_are_refused() {
     };
     let get = || get_path("/r");
     assert_eq!(get().await, 200);
-    assert_eq!(envoy.stat("wasmcustom.ratelimit.rules"), Some(1));
+    assert_eq!(envoy.stat(RATELIMIT_RULES), Some(1));
     let successes = envoy.stat("listener_manager.lds.update_success").unwrap();
 
     // A good new filter configuration applies without a restart.
@@ -113,7 +117,7 @@ async fn configuration_reloads_without_restart_and_bad_updates_are_refused() {
                              {"name": "b", "limits": [{"requests": 1000, "per": "1s"}]}]}"#;
     envoy.update_lds("reload-listener.yaml", &[("ratelimit", two_rules)]);
     assert_eq!(envoy.wait_for_stat("listener_manager.lds.update_success", |n| n > successes), Some(successes + 1));
-    assert_eq!(envoy.wait_for_stat("wasmcustom.ratelimit.rules", |n| n == 2), Some(2));
+    assert_eq!(envoy.wait_for_stat(RATELIMIT_RULES, |n| n == 2), Some(2));
     assert_eq!(get().await, 200);
     // The new rule is enforced: one request per minute on /a.
     assert_eq!(get_path("/a").await, 200);
@@ -133,7 +137,7 @@ async fn configuration_reloads_without_restart_and_bad_updates_are_refused() {
     assert!(envoy.log().contains("lds: listener 'front' config rejected"));
     assert_eq!(get().await, 200);
     assert_eq!(get_path("/a").await, 429, "the previous configuration still limits /a");
-    assert_eq!(envoy.stat("wasmcustom.ratelimit.rules"), Some(2));
+    assert_eq!(envoy.stat(RATELIMIT_RULES), Some(2));
     assert_eq!(envoy.stat("listener_manager.lds.update_success"), Some(successes + 1));
 }
 
@@ -312,4 +316,57 @@ async fn a_body_filter_without_allow_on_headers_stop_iteration_says_so() {
         envoy.wait_for_log("set `allow_on_headers_stop_iteration: true`"),
         "no log line naming the missing setting"
     );
+}
+
+/// Two instances of one filter (two Wasm plugins of the same code, in one VM, each with its own name) count
+/// separately, and the demo's `stats_config.stats_tags` make plugin and rule Prometheus labels. One plugin is named
+/// as Istio names them (`<namespace>.<name>`): the dot cannot break the label split.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_plugin_instance_counts_apart_and_prometheus_shows_plugin_and_rule_labels() {
+    let ratelimit = |plugin: &str, prefix: &str, requests: u32| {
+        let config = json!({"rules": [{"name": "demo", "match": {"prefix": prefix},
+                                       "limits": [{"requests": requests, "per": "1m"}]}]});
+        json!({"name": plugin, "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": plugin, "root_id": "ratelimit", "failure_policy": "FAIL_RELOAD",
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                  "value": config.to_string()},
+                "vm_config": {"vm_id": "ratelimit", "runtime": "envoy.wasm.runtime.v8",
+                              "code": {"local": {"filename": "target/wasm32-wasip1/release/ratelimit.wasm"}}}
+            }
+        }})
+    };
+    let echo = EchoUpstream::start();
+    let filters = vec![ratelimit("edge", "/a", 2), ratelimit("team-b.api", "/b", 10)];
+    let envoy = demo(&echo).http_filters("front", filters).start();
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for path in ["/a", "/a", "/a", "/b"] {
+        statuses.push(client.get(format!("{}{path}", envoy.url("front"))).send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 200]);
+
+    // /stats: one counter per plugin instance, the same rule name in both.
+    let stats = envoy.stats();
+    let stat = |plugin: &str, event: &str| {
+        stats.get(&format!("wasmcustom.ratelimit.plugin=.={plugin};.;rule=.=demo;.;{event}")).copied()
+    };
+    assert_eq!((stat("edge", "allowed"), stat("edge", "limited")), (Some(2), Some(1)));
+    assert_eq!((stat("team-b_api", "allowed"), stat("team-b_api", "limited")), (Some(1), Some(0)));
+
+    // /stats/prometheus: the event is the metric, plugin and rule are labels.
+    let prometheus = envoy.admin_get("/stats/prometheus");
+    for line in [
+        "# TYPE ratelimit_allowed counter",
+        r#"ratelimit_allowed{plugin="edge",rule="demo"} 2"#,
+        r#"ratelimit_allowed{plugin="team-b_api",rule="demo"} 1"#,
+        r#"ratelimit_limited{plugin="edge",rule="demo"} 1"#,
+        r#"ratelimit_limited{plugin="team-b_api",rule="demo"} 0"#,
+        r#"ratelimit_rules{plugin="edge"} 1"#,
+        r#"ratelimit_rules{plugin="team-b_api"} 1"#,
+    ] {
+        assert!(prometheus.lines().any(|l| l == line), "no {line:?} in /stats/prometheus:\n{prometheus}");
+    }
+    assert!(!prometheus.contains("=.="), "a tag left in a metric name:\n{prometheus}");
 }

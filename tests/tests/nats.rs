@@ -47,7 +47,8 @@ fn header<'m>(message: &'m Message, name: &str) -> Option<&'m str> {
 }
 
 fn stat(envoy: &Envoy, name: &str) -> u64 {
-    envoy.stat(&format!("wasmcustom.nats.{name}")).unwrap_or(0)
+    // The plugin `nats.yaml` names `nats`.
+    envoy.stat(&format!("wasmcustom.nats.plugin=.=nats;.;{name}")).unwrap_or(0)
 }
 
 struct Answer {
@@ -166,7 +167,7 @@ async fn publishes_with_subject_payload_and_headers_in_each_payload_mode() {
     assert_nothing_more(&client, &mut orders).await;
     assert_nothing_more(&client, &mut envelopes).await;
     assert_eq!(stat(&envoy, "published"), 4);
-    assert_eq!(envoy.stat("wasmcustom.nats.rules"), Some(2));
+    assert_eq!(envoy.stat("wasmcustom.nats.plugin=.=nats;.;rules"), Some(2));
     let envelope_bytes = answer.body["bytes"].as_u64().unwrap();
     assert!(stat(&envoy, "published_bytes") > 9 + binary.len() as u64 + envelope_bytes);
     for event in ["invalid_request", "too_large", "rejected", "unavailable", "timeout", "internal_error"] {
@@ -625,8 +626,8 @@ async fn a_missing_tunnel_cluster_gives_503() {
     assert_eq!(stat(&envoy, "unavailable"), 1);
     assert_logged(&envoy, "POST /x", "503 nats_unavailable -");
     let counts: BTreeMap<String, u64> =
-        envoy.stats().into_iter().filter(|(name, _)| name.starts_with("wasmcustom.nats.")).collect();
-    assert_eq!(counts.get("wasmcustom.nats.published"), Some(&0), "{counts:?}");
+        envoy.stats().into_iter().filter(|(name, _)| name.starts_with("wasmcustom.nats.plugin=.=nats;.;")).collect();
+    assert_eq!(counts.get("wasmcustom.nats.plugin=.=nats;.;published"), Some(&0), "{counts:?}");
 }
 
 /// Sends a request's head and the first part of its body, waits, then the rest; returns the status and answer.

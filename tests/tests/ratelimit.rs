@@ -20,8 +20,14 @@ fn assert_access_log(envoy: &Envoy, expected: &str) {
     assert!(envoy.wait_for_access_log(expected), "no {expected:?} in the access log:\n{}", envoy.access_log());
 }
 
+/// A rule's counter of the plugin `ratelimit.yaml` names `ratelimit`.
 fn counter(envoy: &Envoy, rule: &str, event: &str) -> u64 {
-    envoy.stat(&format!("wasmcustom.ratelimit.{rule}.{event}")).unwrap_or(0)
+    envoy.stat(&format!("wasmcustom.ratelimit.plugin=.=ratelimit;.;rule=.={rule};.;{event}")).unwrap_or(0)
+}
+
+/// A plugin-wide metric of the plugin `ratelimit`.
+fn plugin_metric(event: &str) -> String {
+    format!("wasmcustom.ratelimit.plugin=.=ratelimit;.;{event}")
 }
 
 /// What a burst of load saw. Envoy decided every request between `inner` and `outer` at the latest/earliest:
@@ -157,9 +163,9 @@ async fn limited_requests_get_status_retry_after_and_ratelimit_headers() {
     assert_access_log(&envoy, "GET /x 429 ratelimit_limited");
     assert_access_log(&envoy, "GET /x 200 via_upstream");
     assert_eq!((counter(&envoy, "slow", "allowed"), counter(&envoy, "slow", "limited")), (2, 1));
-    // Prometheus output drops the `wasmcustom.` prefix.
+    // Prometheus output drops the `wasmcustom.` prefix; stats_tags make plugin and rule labels.
     let prometheus = envoy.admin_get("/stats/prometheus");
-    assert!(prometheus.lines().any(|l| l == "ratelimit_slow_limited{} 1"), "{prometheus}");
+    assert!(prometheus.lines().any(|l| l == r#"ratelimit_limited{plugin="ratelimit",rule="slow"} 1"#), "{prometheus}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -245,14 +251,11 @@ async fn idle_buckets_are_removed_and_the_key_cap_holds() {
     for _ in 0..3 {
         assert_eq!(get("k4".into()).await.unwrap().status(), 200);
     }
-    assert_eq!(
-        counter(&envoy, "", "key_overflow").max(envoy.stat("wasmcustom.ratelimit.key_overflow").unwrap_or(0)),
-        3
-    );
+    assert_eq!(envoy.stat(&plugin_metric("key_overflow")), Some(3));
     assert!(envoy.wait_for_log("max_keys (3) reached"), "the overflow is logged");
-    assert_eq!(envoy.wait_for_stat("wasmcustom.ratelimit.keys", |n| n == 3), Some(3));
+    assert_eq!(envoy.wait_for_stat(&plugin_metric("keys"), |n| n == 3), Some(3));
     // Once idle, the buckets are removed on a tick, which makes room for k4.
-    assert_eq!(envoy.wait_for_stat("wasmcustom.ratelimit.keys", |n| n == 0), Some(0));
+    assert_eq!(envoy.wait_for_stat(&plugin_metric("keys"), |n| n == 0), Some(0));
     assert_eq!(get("k4".into()).await.unwrap().status(), 200);
     assert_eq!(get("k4".into()).await.unwrap().status(), 429, "k4 now has a bucket");
 }

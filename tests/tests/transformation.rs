@@ -32,7 +32,8 @@ fn client() -> reqwest::Client {
 }
 
 fn stat(envoy: &Envoy, name: &str) -> u64 {
-    envoy.stat(&format!("wasmcustom.transformation.{name}")).unwrap_or(0)
+    // The plugin `transformation.yaml` names `transformation`.
+    envoy.stat(&format!("wasmcustom.transformation.plugin=.=transformation;.;{name}")).unwrap_or(0)
 }
 
 /// gzip through the system's `gzip` (the test crate has no compression library).

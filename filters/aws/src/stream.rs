@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use shared::body::{BodyLimit, BodyProgress};
 use shared::host::{CallResponse, Filter, HttpCall, Stream};
-use shared::metrics::{Counter, Gauge};
+use shared::metrics::{Counter, Scope};
 use shared::request::{is_grpc, is_tunnel};
 use shared::store::reserve_create_cas;
 use shared::{Flow, Host, HostResult, LocalReply, RequestHeaders, Side};
@@ -65,16 +65,16 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn define() -> Self {
+    fn define(scope: &Scope) -> Self {
         Metrics {
-            signed: Counter::define(&[FILTER, "signed"]),
-            lambda_invoked: Counter::define(&[FILTER, "lambda", "invoked"]),
-            lambda_function_errors: Counter::define(&[FILTER, "lambda", "function_errors"]),
-            upstream_failed: Counter::define(&[FILTER, "upstream_failed"]),
-            credentials_unavailable: Counter::define(&[FILTER, "credentials", "unavailable"]),
-            body_too_large: Counter::define(&[FILTER, "body_too_large"]),
-            sts_refreshed: Counter::define(&[FILTER, "sts", "refreshed"]),
-            sts_failed: Counter::define(&[FILTER, "sts", "failed"]),
+            signed: scope.counter("signed"),
+            lambda_invoked: scope.counter("lambda.invoked"),
+            lambda_function_errors: scope.counter("lambda.function_errors"),
+            upstream_failed: scope.counter("upstream_failed"),
+            credentials_unavailable: scope.counter("credentials.unavailable"),
+            body_too_large: scope.counter("body_too_large"),
+            sts_refreshed: scope.counter("sts.refreshed"),
+            sts_failed: scope.counter("sts.failed"),
         }
     }
 }
@@ -103,7 +103,8 @@ impl Filter for AwsFilter {
     fn configure(host: &dyn Host, bytes: &[u8], previous: Option<&Self>) -> Result<Self, String> {
         let config = config::parse(bytes).map_err(|err| err.to_string())?;
         let rules = config.rules.len();
-        Gauge::define(&[FILTER, "rules"]).set(rules as u64);
+        let scope = Scope::of_plugin(host, FILTER);
+        scope.gauge("rules").set(rules as u64);
         let env = credentials::from_env(|name| std::env::var(name).ok());
         let fixed = match &config.credentials {
             CredentialSource::Inline(c) => Ok(Rc::new(c.clone())),
@@ -149,7 +150,7 @@ impl Filter for AwsFilter {
             limit: BodyLimit::new(config.max_body),
             lambda_host: config.host.clone().unwrap_or_else(|| format!("lambda.{}.amazonaws.com", config.region)),
             config,
-            metrics: Metrics::define(),
+            metrics: Metrics::define(&scope),
             fixed,
             cache,
             refresh_call: Cell::new(refresh_call),

@@ -26,7 +26,8 @@ fn header(host: &FakeHost, name: &str) -> Option<String> {
 }
 
 fn metric(name: &str) -> u64 {
-    test_value(&format!("aws.{name}")).unwrap_or(0)
+    // No plugin_name on the fake host: the plugin is named after the filter.
+    test_value(&format!("aws.plugin=.=aws;.;{name}")).unwrap_or(0)
 }
 
 fn reply_of(flow: Flow) -> LocalReply {

@@ -21,7 +21,7 @@ pub enum Failure {
     Internal(String),
 }
 
-/// The events counted as `nats.<event>` (shown as `wasmcustom.nats.<event>` in Envoy's /stats).
+/// The events counted per plugin as `<event>` (`wasmcustom.nats.plugin=.=<plugin>;.;<event>` in Envoy's /stats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     Published,

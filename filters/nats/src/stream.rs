@@ -12,7 +12,7 @@ use std::rc::Rc;
 use serde_json::json;
 use shared::body::{BodyLimit, BodyProgress};
 use shared::host::{CallResponse, Filter, HttpCall, RequestView, Stream};
-use shared::metrics::{Counter, Gauge};
+use shared::metrics::{Counter, Scope};
 use shared::request::{is_grpc, is_tunnel, split_path};
 use shared::{Flow, Host, LocalReply, RequestHeaders, Side};
 
@@ -32,10 +32,10 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn define() -> Self {
+    fn define(scope: &Scope) -> Self {
         Metrics {
-            events: Event::ALL.map(|event| Counter::define(&[FILTER, event.metric()])),
-            published_bytes: Counter::define(&[FILTER, "published_bytes"]),
+            events: Event::ALL.map(|event| scope.counter(event.metric())),
+            published_bytes: scope.counter("published_bytes"),
         }
     }
 
@@ -59,15 +59,16 @@ impl Filter for NatsFilter {
     const NAME: &'static str = FILTER;
     type Stream = NatsStream;
 
-    fn configure(_host: &dyn Host, bytes: &[u8], _previous: Option<&Self>) -> Result<Self, String> {
+    fn configure(host: &dyn Host, bytes: &[u8], _previous: Option<&Self>) -> Result<Self, String> {
         let config = config::parse(bytes).map_err(|err| err.to_string())?;
         let rules = config.rules.len();
-        Gauge::define(&[FILTER, "rules"]).set(rules as u64);
+        let scope = Scope::of_plugin(host, FILTER);
+        scope.gauge("rules").set(rules as u64);
         log::info!("{FILTER}: configuration applied ({rules} rules, cluster {})", config.cluster);
         Ok(NatsFilter {
             limit: BodyLimit::new(config.max_body.as_usize()),
             config,
-            metrics: Metrics::define(),
+            metrics: Metrics::define(&scope),
             max_payload: Cell::new(MaxPayloadCache::default()),
         })
     }

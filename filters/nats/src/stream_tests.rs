@@ -54,7 +54,8 @@ fn error(reply: &LocalReply) -> String {
 }
 
 fn metric(event: &str) -> u64 {
-    test_value(&format!("nats.{event}")).unwrap_or(0)
+    // No plugin_name on the fake host: the plugin is named after the filter.
+    test_value(&format!("nats.plugin=.=nats;.;{event}")).unwrap_or(0)
 }
 
 /// The only call made, and its token.

@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use shared::host::{Filter, GrpcCall, GrpcResponse, RequestView, Stream};
-use shared::metrics::{Counter, Gauge};
+use shared::metrics::{Counter, Gauge, Scope};
 use shared::reply::{grpc, LocalReply};
 use shared::request::is_grpc;
 use shared::store::{reserve_create_cas, SharedStore};
@@ -42,8 +42,8 @@ struct RuleMetrics {
 }
 
 impl RuleMetrics {
-    fn define(rule: &str) -> Self {
-        let c = |event| Counter::define(&[FILTER, rule, event]);
+    fn define(scope: &Scope, rule: &str) -> Self {
+        let c = |event| scope.rule_counter(rule, event);
         RuleMetrics {
             allowed: c("allowed"),
             limited: c("limited"),
@@ -99,8 +99,9 @@ impl Filter for RatelimitFilter {
         let prefix = format!("ratelimit:{plugin}:");
         let keys_counter = format!("{prefix}keys");
         let engine = Engine::new(&config, &prefix, &keys_counter)?;
-        Gauge::define(&[FILTER, "rules"]).set(config.rules.len() as u64);
-        let rules = config.rules.iter().map(|rule| RuleMetrics::define(&rule.name)).collect();
+        let metrics = Scope::new(FILTER, &plugin);
+        metrics.gauge("rules").set(config.rules.len() as u64);
+        let rules = config.rules.iter().map(|rule| RuleMetrics::define(&metrics, &rule.name)).collect();
         if let Err(err) = host.set_tick_period(config.cleanup_interval.0) {
             log::warn!("{FILTER}: cannot set the tick period ({err}): idle buckets will not be removed");
         }
@@ -109,8 +110,8 @@ impl Filter for RatelimitFilter {
             config,
             engine,
             rules,
-            key_overflow: Counter::define(&[FILTER, "key_overflow"]),
-            keys: Gauge::define(&[FILTER, "keys"]),
+            key_overflow: metrics.counter("key_overflow"),
+            keys: metrics.gauge("keys"),
             keys_counter,
             tracked: RefCell::new(Vec::new()),
             pending: Pending::default(),

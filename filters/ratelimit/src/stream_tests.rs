@@ -7,7 +7,7 @@ use std::time::Duration;
 use prost::Message;
 use serde_json::{json, Value};
 use shared::host::{FakeHost, Filter, GrpcResponse, Stream};
-use shared::metrics::test_value;
+use shared::metrics::{test_value, Scope};
 use shared::reply::grpc as grpc_status;
 use shared::store::SharedStore;
 use shared::{Flow, HostError, LocalReply, Side};
@@ -46,8 +46,9 @@ fn request(filter: &Rc<RatelimitFilter>, host: &FakeHost, extra: &[(&str, &str)]
     (stream, flow)
 }
 
+/// A rule's counter of the plugin `host()` names.
 fn metric(rule: &str, event: &str) -> u64 {
-    test_value(&format!("ratelimit.{rule}.{event}")).unwrap_or(0)
+    test_value(&Scope::new("ratelimit", "edge").rule_name(rule, event)).unwrap_or(0)
 }
 
 fn replied(flow: Flow) -> LocalReply {
@@ -382,13 +383,13 @@ fn the_tick_removes_idle_buckets_and_reports_the_count() {
     }
     assert_eq!(filter.tracked.borrow().len(), 2, "the third key overflowed max_keys");
     assert_eq!(filter.pending.overflows.get(), 1);
-    assert_eq!(test_value("ratelimit.key_overflow"), Some(1));
+    assert_eq!(test_value("ratelimit.plugin=.=edge;.;key_overflow"), Some(1));
     filter.on_tick(&host);
-    assert_eq!(test_value("ratelimit.keys"), Some(2));
+    assert_eq!(test_value("ratelimit.plugin=.=edge;.;keys"), Some(2));
     assert_eq!(filter.pending.overflows.get(), 0, "logged once for the tick");
     host.advance(2 * SECOND);
     filter.on_tick(&host);
-    assert_eq!(test_value("ratelimit.keys"), Some(0));
+    assert_eq!(test_value("ratelimit.plugin=.=edge;.;keys"), Some(0));
     assert!(filter.tracked.borrow().is_empty());
     // A sweep that cannot read keeps the buckets for the next tick.
     assert_eq!(request(&filter, &host, &[("x-api-key", "d")]).1, Flow::Continue);

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use shared::body::{BodyLimit, BodyProgress};
 use shared::host::{Filter, Flow, Host, RequestView, Side, Stream};
-use shared::metrics::{Counter, Gauge};
+use shared::metrics::{Counter, Scope};
 use shared::request::{is_grpc, is_tunnel, RequestHeaders};
 use shared::LocalReply;
 
@@ -28,8 +28,8 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn define() -> Self {
-        let c = |name| Counter::define(&[FILTER, name]);
+    fn define(scope: &Scope) -> Self {
+        let c = |name| scope.counter(name);
         Metrics {
             request_header: c("request_header_transformations"),
             request_body: c("request_body_transformations"),
@@ -64,12 +64,13 @@ impl Filter for TransformationFilter {
     const NAME: &'static str = FILTER;
     type Stream = TransformationStream;
 
-    fn configure(_host: &dyn Host, bytes: &[u8], _previous: Option<&Self>) -> Result<Self, String> {
+    fn configure(host: &dyn Host, bytes: &[u8], _previous: Option<&Self>) -> Result<Self, String> {
         let config = config::parse(bytes).map_err(|err| err.to_string())?;
         let rules = config.rule_count();
-        Gauge::define(&[FILTER, "rules"]).set(u64::try_from(rules).unwrap_or(u64::MAX));
+        let scope = Scope::of_plugin(host, FILTER);
+        scope.gauge("rules").set(u64::try_from(rules).unwrap_or(u64::MAX));
         log::info!("{FILTER}: configuration applied ({rules} rules)");
-        Ok(TransformationFilter { limit: BodyLimit::new(config.max_body), config, metrics: Metrics::define() })
+        Ok(TransformationFilter { limit: BodyLimit::new(config.max_body), config, metrics: Metrics::define(&scope) })
     }
 
     fn stream(filter: Rc<Self>) -> TransformationStream {

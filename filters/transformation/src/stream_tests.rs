@@ -48,7 +48,8 @@ fn post(path: &str, extra: &[(&str, &str)], body: &[u8]) -> FakeHost {
 }
 
 fn metric(name: &str) -> u64 {
-    test_value(&format!("transformation.{name}")).unwrap_or(0)
+    // No plugin_name on the fake host: the plugin is named after the filter.
+    test_value(&format!("transformation.plugin=.=transformation;.;{name}")).unwrap_or(0)
 }
 
 fn reply(flow: Flow) -> LocalReply {
