@@ -109,12 +109,9 @@ pub struct Counter(Option<u32>);
 pub struct Gauge(Option<u32>);
 
 impl Counter {
-    /// Defines (or finds) the counter. A host that refuses the definition leaves a counter that counts nothing,
-    /// which is logged once here instead of failing requests later.
-    pub fn define(parts: &[&str]) -> Self {
-        Counter::named(&metric_name(parts))
-    }
-
+    /// Defines (or finds) the counter; only through a [`Scope`], so that every name carries its plugin. A host
+    /// that refuses the definition leaves a counter that counts nothing, which is logged once here instead of
+    /// failing requests later.
     fn named(name: &str) -> Self {
         Counter(backend::define(backend::Kind::Counter, name))
     }
@@ -131,10 +128,6 @@ impl Counter {
 }
 
 impl Gauge {
-    pub fn define(parts: &[&str]) -> Self {
-        Gauge::named(&metric_name(parts))
-    }
-
     fn named(name: &str) -> Self {
         Gauge(backend::define(backend::Kind::Gauge, name))
     }
@@ -329,14 +322,14 @@ mod tests {
 
     #[test]
     fn counters_and_gauges_record() {
-        let c = Counter::define(&["t", "c"]);
+        let c = Counter::named("t.c");
         c.inc();
         c.add(2);
         assert_eq!(test_value("t.c"), Some(3));
         // Defining again finds the same counter.
-        Counter::define(&["t", "c"]).inc();
+        Counter::named("t.c").inc();
         assert_eq!(test_value("t.c"), Some(4));
-        let g = Gauge::define(&["t", "g"]);
+        let g = Gauge::named("t.g");
         g.set(7);
         g.set(5);
         assert_eq!(test_value("t.g"), Some(5));
