@@ -11,7 +11,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use ratelimit::config::{parse, Limit};
 use ratelimit::engine::Engine;
-use ratelimit::gcra::Limiter;
+use ratelimit::gcra::{Limiter, SlotTable};
 use ratelimit::key::RequestFacts;
 use shared::store::{reserve_create_cas, MemoryStore};
 use shared::{DurationStr, RequestHeaders};
@@ -34,7 +34,7 @@ fn decision(c: &mut Criterion) {
     let store = MemoryStore::default();
     reserve_create_cas(&store, "b:").unwrap();
     let limit = Limit { requests: 1_000_000_000, per: DurationStr(Duration::from_secs(1)), burst: None };
-    let limiter = Limiter::new(&limit, "b:keys", 100_000).unwrap();
+    let limiter = Limiter::new(&limit, &SlotTable::new("b:", 100_000)).unwrap();
     let key = "b:rule#0|5:key-1".to_string();
     let mut now = 1_000_000_000u64;
     c.bench_function("gcra decision (allowed)", |b| {
@@ -49,7 +49,7 @@ fn decision(c: &mut Criterion) {
                                "limits": [{"requests": 1000000000, "per": "1s"}]}]}"#,
     )
     .unwrap();
-    let engine = Engine::new(&config, "b:", "b:keys").unwrap();
+    let engine = Engine::new(&config, "b:").unwrap();
     let request = Request(vec![
         (":path".into(), "/api/items".into()),
         (":method".into(), "GET".into()),

@@ -19,10 +19,12 @@ pub struct Config {
     #[serde(default)]
     pub response: Response,
     pub global: Option<Global>,
-    /// Most buckets kept in shared data at once; past it, new keys are admitted without a bucket (fail open).
+    /// Slots in the plugin's bucket table: the most buckets live at once and the most shared-data entries the
+    /// plugin ever creates. A new key that finds its slots taken by live buckets is admitted without a bucket
+    /// (fail open, `key_overflow`).
     #[serde(default = "default_max_keys")]
     pub max_keys: u32,
-    /// How often idle buckets are looked for and removed.
+    /// How often the `slots` gauge is refreshed and overflows are logged (idle buckets need no removal).
     #[serde(default = "default_cleanup_interval")]
     pub cleanup_interval: DurationStr,
 }
@@ -180,6 +182,9 @@ pub enum OnError {
     Deny,
 }
 
+/// Largest `max_keys`: 10 million slots bound the table at about 2 GB of Envoy memory.
+const MAX_KEYS_LIMIT: u32 = 10_000_000;
+
 fn default_max_keys() -> u32 {
     100_000
 }
@@ -208,6 +213,12 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
     }
     if config.max_keys == 0 {
         return Err(ConfigError::at("max_keys", "must be at least 1"));
+    }
+    if config.max_keys > MAX_KEYS_LIMIT {
+        return Err(ConfigError::at(
+            "max_keys",
+            format!("must be at most {MAX_KEYS_LIMIT} (each slot can hold about 200 bytes of Envoy's memory)"),
+        ));
     }
     if config.cleanup_interval.0 < Duration::from_millis(10) {
         return Err(ConfigError::at("cleanup_interval", "must be at least 10ms"));

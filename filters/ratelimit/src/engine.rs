@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::config::{Config, KeyPart, Limit, OnMissingKey};
-use crate::gcra::{Limiter, Verdict};
+use crate::gcra::{Limiter, SlotTable, Verdict};
 use crate::key::{bucket_key, key_values, RequestFacts};
 use shared::store::SharedStore;
 use shared::HostError;
@@ -18,7 +18,7 @@ pub struct RuleEvents {
     pub shadow_limited: bool,
     pub missing_key: bool,
     pub cas_retries: u32,
-    /// A new key found `max_keys` reached and was admitted without a bucket.
+    /// A new key found every slot it may use held by other keys' live buckets: admitted without a bucket.
     pub key_overflow: bool,
     /// Shared data failed for one of the rule's limits: admitted without a decision (fail open).
     pub store_error: Option<HostError>,
@@ -59,8 +59,6 @@ pub struct GlobalDescriptor {
 pub struct Evaluation {
     /// (rule index, what happened) for every rule that matched.
     pub events: Vec<(usize, RuleEvents)>,
-    /// Buckets this request created: the caller tracks them, to remove them when idle.
-    pub created_keys: Vec<String>,
     /// `Some` when the request must be rejected locally; carries its headers.
     pub rejected: Option<RateHeaders>,
     /// Most restrictive figures of the limits that allowed the request.
@@ -81,13 +79,15 @@ pub struct Engine {
 const MISSING: &str = "\u{0}missing";
 
 impl Engine {
-    /// `prefix` namespaces this plugin's shared-data keys; `keys_counter` is the shared count of live buckets.
-    pub fn new(config: &Config, prefix: &str, keys_counter: &str) -> Result<Self, String> {
+    /// `prefix` namespaces this plugin's shared-data keys: its table of `max_keys` bucket slots.
+    pub fn new(config: &Config, prefix: &str) -> Result<Self, String> {
+        let table = SlotTable::new(prefix, config.max_keys);
         let mut rules = Vec::with_capacity(config.rules.len());
         for rule in &config.rules {
             let mut limits = Vec::with_capacity(rule.limits.len());
             for (j, limit) in rule.limits.iter().enumerate() {
-                // The id changes when the limit changes, so that a reload with other limits starts fresh buckets.
+                // The id changes when the limit changes, so that a reload with other limits starts fresh buckets;
+                // an unchanged rule keeps its buckets (and counts) across a reload.
                 let id = format!(
                     "{prefix}{}#{j}:{}/{}/{}",
                     rule.name,
@@ -95,7 +95,7 @@ impl Engine {
                     limit.per.as_nanos_u64(),
                     limit.burst()
                 );
-                let limiter = Limiter::new(limit, keys_counter, config.max_keys)
+                let limiter = Limiter::new(limit, &table)
                     .ok_or_else(|| format!("rule {:?}: limit {j} cannot be represented", rule.name))?;
                 limits.push((*limit, id, limiter));
             }
@@ -149,9 +149,6 @@ impl Engine {
                 events.key_overflow |= decision.effects.overflow;
                 if let Some(err) = decision.effects.store_error {
                     events.store_error.get_or_insert(err);
-                }
-                if decision.effects.created {
-                    evaluation.created_keys.push(key);
                 }
                 let reset_secs = ceil_secs(decision.reset_after);
                 match decision.verdict {
@@ -274,7 +271,7 @@ mod tests {
         let config = parse(json.as_bytes()).unwrap();
         let store = MemoryStore::default();
         reserve_create_cas(&store, "t:").unwrap();
-        let engine = Engine::new(&config, "t:", "t:keys").unwrap();
+        let engine = Engine::new(&config, "t:").unwrap();
         Built { config, engine, store }
     }
 
@@ -288,7 +285,6 @@ mod tests {
         let now = 10 * SECOND;
         let first = engine.evaluate(&a, now);
         assert_eq!(first.headers, Some(RateHeaders { limit: 2, remaining: 1, reset_secs: 5, retry_after_secs: None }));
-        assert_eq!(first.created_keys.len(), 1);
         assert!(engine.evaluate(&a, now).rejected.is_none());
         let third = engine.evaluate(&a, now);
         assert_eq!(

@@ -1,10 +1,10 @@
 //! One request's journey through the filter, driven through the shared [`Host`] trait: the engine decides on the
 //! request headers (local reply, or a call to the global service and a pause), the service's answer resumes or
 //! rejects, and the `x-ratelimit-*` figures go on the response. [`RatelimitFilter`] holds what a configuration
-//! builds once (engine, metrics) and removes idle buckets on a tick.
+//! builds once (engine, metrics) and reports the slot table and overflows on a tick.
 
 use std::borrow::Cow;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 
 use shared::host::{Filter, GrpcCall, GrpcResponse, RequestView, Stream};
@@ -16,7 +16,7 @@ use shared::{Flow, Host, HostError, RequestHeaders, Side};
 
 use crate::config::{self, Config, OnError, FILTER};
 use crate::engine::{Engine, Evaluation, RateHeaders, RuleEvents};
-use crate::gcra::sweep;
+use crate::gcra::SlotTable;
 use crate::key::RequestFacts;
 use crate::rls;
 use crate::store::read_counter;
@@ -71,10 +71,9 @@ pub struct RatelimitFilter {
     engine: Engine,
     rules: Vec<RuleMetrics>,
     key_overflow: Counter,
-    keys: Gauge,
-    keys_counter: String,
-    /// Buckets this VM created: checked on each tick and removed once idle.
-    tracked: RefCell<Vec<String>>,
+    /// Slots of the table written at least once: the shared-data entries the buckets hold (at most `max_keys`).
+    slots: Gauge,
+    slots_counter: String,
     pending: Pending,
 }
 
@@ -97,13 +96,14 @@ impl Filter for RatelimitFilter {
             }
         };
         let prefix = format!("ratelimit:{plugin}:");
-        let keys_counter = format!("{prefix}keys");
-        let engine = Engine::new(&config, &prefix, &keys_counter)?;
+        let engine = Engine::new(&config, &prefix)?;
+        let slots_counter = SlotTable::new(&prefix, config.max_keys).used_counter().to_string();
         let metrics = Scope::new(FILTER, &plugin);
         metrics.gauge("rules").set(config.rules.len() as u64);
+        metrics.gauge("max_slots").set(u64::from(config.max_keys));
         let rules = config.rules.iter().map(|rule| RuleMetrics::define(&metrics, &rule.name)).collect();
         if let Err(err) = host.set_tick_period(config.cleanup_interval.0) {
-            log::warn!("{FILTER}: cannot set the tick period ({err}): idle buckets will not be removed");
+            log::warn!("{FILTER}: cannot set the tick period ({err}): the slots gauge and overflow logs stop");
         }
         log::info!("{FILTER}: configuration applied ({} rules)", config.rules.len());
         Ok(RatelimitFilter {
@@ -111,29 +111,23 @@ impl Filter for RatelimitFilter {
             engine,
             rules,
             key_overflow: metrics.counter("key_overflow"),
-            keys: metrics.gauge("keys"),
-            keys_counter,
-            tracked: RefCell::new(Vec::new()),
+            slots: metrics.gauge("slots"),
+            slots_counter,
             pending: Pending::default(),
         })
     }
 
     fn on_tick(&self, host: &dyn Host) {
-        let now = host.monotonic_nanos();
-        let tracked = std::mem::take(&mut *self.tracked.borrow_mut());
-        let swept = sweep(host, &self.keys_counter, tracked, now);
-        self.tracked.borrow_mut().extend(swept.live);
-        if let Some(err) = swept.error {
-            log::warn!("{FILTER}: removing idle buckets stopped: shared data failed ({err}); retried next tick");
-        }
-        match read_counter(host, &self.keys_counter) {
-            Ok(keys) => self.keys.set(keys),
-            Err(err) => log::warn!("{FILTER}: cannot read the bucket count: shared data failed ({err})"),
+        // Nothing to sweep: idle buckets free their slots by themselves (see gcra::SlotTable).
+        match read_counter(host, &self.slots_counter) {
+            Ok(slots) => self.slots.set(slots),
+            Err(err) => log::warn!("{FILTER}: cannot read the slot count: shared data failed ({err})"),
         }
         let overflows = self.pending.overflows.replace(0);
         if overflows > 0 {
             log::warn!(
-                "{FILTER}: max_keys ({}) reached: {overflows} new keys admitted without a bucket since the last tick",
+                "{FILTER}: bucket table full (max_keys {}): {overflows} requests of new keys admitted without a bucket \
+                 since the last tick",
                 self.config.max_keys
             );
         }
@@ -152,7 +146,7 @@ impl Filter for RatelimitFilter {
 }
 
 impl RatelimitFilter {
-    /// Counts what the evaluation found and tracks the buckets it created.
+    /// Counts what the evaluation found.
     fn record(&self, evaluation: &Evaluation) {
         for (index, events) in &evaluation.events {
             let Some(metrics) = self.rules.get(*index) else { continue };
@@ -168,7 +162,6 @@ impl RatelimitFilter {
                 self.pending.last_store_error.set(Some(err));
             }
         }
-        self.tracked.borrow_mut().extend(evaluation.created_keys.iter().cloned());
     }
 
     /// The reply to a rejected request: the configured status and body, the figures and extra headers.

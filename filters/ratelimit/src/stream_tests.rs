@@ -83,8 +83,8 @@ fn allowed_requests_continue_and_get_the_figures_on_the_response() {
     assert_eq!(host.header_of(Side::Response, "retry-after"), None);
     assert_eq!(metric("allow", "allowed"), 1);
     // Buckets are named after the plugin, and the VM reserved the creation CAS before making one.
-    let bucket = host.store.get("ratelimit:edge:keys").unwrap();
-    assert_eq!(bucket.0, Some(1u64.to_le_bytes().to_vec()));
+    let slots = host.store.get("ratelimit:edge:slots").unwrap();
+    assert_eq!(slots.0, Some(1u64.to_le_bytes().to_vec()));
     assert_eq!(host.store.get("ratelimit:cas-reserve").unwrap().1, Some(1));
 }
 
@@ -371,35 +371,77 @@ fn a_configuration_without_shared_data_is_refused() {
 }
 
 #[test]
-fn the_tick_removes_idle_buckets_and_reports_the_count() {
+fn the_tick_reports_the_slots_and_a_full_table_fails_open() {
     let host = host();
     let filter = configure(
         &host,
         json!({"rules": [{"name": "tick", "key": [{"header": "x-api-key"}],
                           "limits": [{"requests": 1, "per": "1s"}]}], "max_keys": 2}),
     );
+    assert_eq!(test_value("ratelimit.plugin=.=edge;.;max_slots"), Some(2));
     for key in ["a", "b", "c"] {
         assert_eq!(request(&filter, &host, &[("x-api-key", key)]).1, Flow::Continue);
     }
-    assert_eq!(filter.tracked.borrow().len(), 2, "the third key overflowed max_keys");
-    assert_eq!(filter.pending.overflows.get(), 1);
+    assert_eq!(filter.pending.overflows.get(), 1, "the third key found both slots live");
     assert_eq!(test_value("ratelimit.plugin=.=edge;.;key_overflow"), Some(1));
     filter.on_tick(&host);
-    assert_eq!(test_value("ratelimit.plugin=.=edge;.;keys"), Some(2));
+    assert_eq!(test_value("ratelimit.plugin=.=edge;.;slots"), Some(2));
     assert_eq!(filter.pending.overflows.get(), 0, "logged once for the tick");
+    // Once idle, the buckets give their slots to new keys: no sweep, and no new shared-data entry.
     host.advance(2 * SECOND);
+    let entries = host.store.len_keys();
+    for key in ["d", "e"] {
+        assert_eq!(request(&filter, &host, &[("x-api-key", key)]).1, Flow::Continue);
+        assert!(replied_or_none(request(&filter, &host, &[("x-api-key", key)]).1), "{key} has a bucket");
+    }
+    assert_eq!(host.store.len_keys(), entries);
     filter.on_tick(&host);
-    assert_eq!(test_value("ratelimit.plugin=.=edge;.;keys"), Some(0));
-    assert!(filter.tracked.borrow().is_empty());
-    // A sweep that cannot read keeps the buckets for the next tick.
-    assert_eq!(request(&filter, &host, &[("x-api-key", "d")]).1, Flow::Continue);
+    assert_eq!(test_value("ratelimit.plugin=.=edge;.;slots"), Some(2));
+    // A slot count that cannot be read leaves the gauge as it was.
     host.fail("shared_get", HostError::InternalFailure);
-    host.advance(2 * SECOND);
     filter.on_tick(&host);
-    assert_eq!(filter.tracked.borrow().len(), 1);
-    host.failures.borrow_mut().clear();
-    filter.on_tick(&host);
-    assert!(filter.tracked.borrow().is_empty());
+    assert_eq!(test_value("ratelimit.plugin=.=edge;.;slots"), Some(2));
+}
+
+/// Whether the flow is a local reply (the request was limited).
+fn replied_or_none(flow: Flow) -> bool {
+    matches!(flow, Flow::Reply(_))
+}
+
+#[test]
+fn a_reload_keeps_unchanged_rules_counting_and_starts_changed_ones_fresh() {
+    let host = host();
+    let rules = |per: &str| {
+        json!({"rules": [
+            {"name": "kept", "key": [{"header": "x-api-key"}], "limits": [{"requests": 2, "per": "60s"}]},
+            {"name": "changed", "match": {"prefix": "/other"}, "limits": [{"requests": 1, "per": per}]}
+        ]})
+    };
+    let old = configure(&host, rules("60s"));
+    for _ in 0..2 {
+        assert_eq!(request(&old, &host, &[("x-api-key", "a")]).1, Flow::Continue);
+    }
+    let entries = host.store.len_keys();
+    // Several reloads (new configurations in the same VM, as LDS does): the client cannot reset its bucket.
+    for reload in 0..3 {
+        let new = Rc::new(RatelimitFilter::configure(&host, rules("60s").to_string().as_bytes(), Some(&old)).unwrap());
+        assert!(replied_or_none(request(&new, &host, &[("x-api-key", "a")]).1));
+        let fresh = format!("new-{reload}");
+        assert_eq!(request(&new, &host, &[("x-api-key", &fresh)]).1, Flow::Continue);
+        assert_eq!(request(&new, &host, &[("x-api-key", &fresh)]).1, Flow::Continue);
+        assert!(replied_or_none(request(&new, &host, &[("x-api-key", &fresh)]).1), "new keys are limited");
+    }
+    assert!(host.store.len_keys() <= entries + 3, "at most one slot per new key, nothing else");
+    // A rule whose limits changed starts fresh.
+    *host.request_headers.borrow_mut() =
+        vec![(":path".into(), b"/other".to_vec()), (":method".into(), b"GET".to_vec())];
+    let mut stream = RatelimitFilter::stream(Rc::clone(&old));
+    assert_eq!(stream.on_request_headers(&host, true), Flow::Continue);
+    let mut stream = RatelimitFilter::stream(Rc::clone(&old));
+    assert!(replied_or_none(stream.on_request_headers(&host, true)));
+    let changed = configure(&host, rules("30s"));
+    let mut stream = RatelimitFilter::stream(Rc::clone(&changed));
+    assert_eq!(stream.on_request_headers(&host, true), Flow::Continue);
 }
 
 #[test]
