@@ -1,6 +1,6 @@
 //! The ratelimit filter through real Envoy (two workers): exact limits across workers, headers, shadow mode,
-//! gRPC status, key handling, idle-bucket cleanup and the key cap, and global limits through a real rate-limit
-//! service (tonic + limitador) shared by two Envoys.
+//! gRPC status, key handling, the bounded bucket table (slot reuse, a million distinct keys, reloads), and global
+//! limits through a real rate-limit service (tonic + limitador) shared by two Envoys.
 
 use std::time::{Duration, Instant};
 
@@ -237,7 +237,7 @@ async fn client_ip_is_the_peer_not_a_forwarded_header_and_missing_keys_follow_th
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn idle_buckets_are_removed_and_the_key_cap_holds() {
+async fn a_full_table_fails_open_and_idle_buckets_give_their_slots_to_new_keys() {
     let echo = EchoUpstream::start();
     let config = json!({"rules": [{"name": "per-key", "key": [{"header": "x-api-key"}], "limits": [{"requests": 1, "per": "300ms"}]}],
                         "max_keys": 3, "cleanup_interval": "100ms"});
@@ -247,17 +247,161 @@ async fn idle_buckets_are_removed_and_the_key_cap_holds() {
     for key in ["k1", "k2", "k3"] {
         assert_eq!(get(key.into()).await.unwrap().status(), 200);
     }
-    // Past the cap, new keys are admitted without a bucket (fail open), and counted.
+    // With every slot live, new keys are admitted without a bucket (fail open), and counted.
     for _ in 0..3 {
         assert_eq!(get("k4".into()).await.unwrap().status(), 200);
     }
     assert_eq!(envoy.stat(&plugin_metric("key_overflow")), Some(3));
-    assert!(envoy.wait_for_log("max_keys (3) reached"), "the overflow is logged");
-    assert_eq!(envoy.wait_for_stat(&plugin_metric("keys"), |n| n == 3), Some(3));
-    // Once idle, the buckets are removed on a tick, which makes room for k4.
-    assert_eq!(envoy.wait_for_stat(&plugin_metric("keys"), |n| n == 0), Some(0));
+    assert!(envoy.wait_for_log("bucket table full (max_keys 3)"), "the overflow is logged");
+    assert_eq!(envoy.wait_for_stat(&plugin_metric("slots"), |n| n == 3), Some(3));
+    assert_eq!(envoy.stat(&plugin_metric("max_slots")), Some(3));
+    // Once idle, a bucket's slot is free: k4 gets one, and shared data holds no more entries than before.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(get("k4".into()).await.unwrap().status(), 200);
     assert_eq!(get("k4".into()).await.unwrap().status(), 429, "k4 now has a bucket");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(envoy.stat(&plugin_metric("slots")), Some(3));
+}
+
+/// Envoy's allocated memory (admin `/memory`), in bytes.
+fn allocated(envoy: &Envoy) -> u64 {
+    let memory: Value = serde_json::from_str(&envoy.admin_get("/memory")).expect("/memory json");
+    memory["allocated"].as_str().and_then(|n| n.parse().ok()).expect("allocated")
+}
+
+/// Sends one request for each of the keys `from..to` (`key-<n>`), over `connections` kept-alive connections;
+/// returns how many were admitted.
+async fn distinct_keys(url: &str, from: u64, to: u64, connections: u64) -> u64 {
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+            let mut admitted = 0;
+            let mut n = from + c;
+            while n < to {
+                let response = client.get(&url).header("x-api-key", format!("key-{n}")).send().await.unwrap();
+                admitted += u64::from(response.status() == 200);
+                n += connections;
+            }
+            admitted
+        }));
+    }
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.unwrap();
+    }
+    admitted
+}
+
+/// Issue 14: distinct keys (random API keys from a client) must not grow Envoy's memory without bound. Drives
+/// `RATELIMIT_CHURN_KEYS` distinct keys (default 200,000; the README records a run with 1,000,000) through one
+/// Envoy and samples the slots gauge and `/memory` as it goes: both stop growing once the table is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_million_distinct_keys_leave_shared_data_and_memory_bounded() {
+    let total: u64 = std::env::var("RATELIMIT_CHURN_KEYS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
+    let max_keys: u64 = std::env::var("RATELIMIT_CHURN_MAX_KEYS").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let echo = EchoUpstream::start();
+    let config = json!({"rules": [{"name": "churn", "key": [{"header": "x-api-key"}], "limits": [{"requests": 1, "per": "1s"}]}],
+                        "max_keys": max_keys, "cleanup_interval": "100ms"});
+    let envoy = EnvoyConfig::new("ratelimit.yaml")
+        .upstream(8081, echo.port())
+        .plugin_config("ratelimit", config)
+        .log_level("warn")
+        .start();
+    let url = format!("{}/x", envoy.url("front"));
+    let started = Instant::now();
+    let baseline = allocated(&envoy);
+    let steps = 10;
+    let mut curve = Vec::new();
+    let mut admitted = 0;
+    for step in 0..steps {
+        admitted += distinct_keys(&url, total * step / steps, total * (step + 1) / steps, 32).await;
+        tokio::time::sleep(Duration::from_millis(250)).await; // a tick refreshes the gauge
+        let slots = envoy.stat(&plugin_metric("slots")).unwrap_or(0);
+        let memory = allocated(&envoy);
+        println!(
+            "keys {:>8}  slots {slots:>7}/{max_keys}  allocated {:>7.1} MiB  (+{:.1} MiB)  {:.0}s",
+            total * (step + 1) / steps,
+            memory as f64 / 1048576.0,
+            (memory as f64 - baseline as f64) / 1048576.0,
+            started.elapsed().as_secs_f64()
+        );
+        curve.push((slots, memory));
+    }
+    let overflow = envoy.stat(&plugin_metric("key_overflow")).unwrap_or(0);
+    println!(
+        "{total} distinct keys in {:.0}s: {admitted} admitted, {overflow} without a bucket",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(admitted, total, "one request per key: all admitted");
+    // The table filled, and never beyond max_keys.
+    assert!(curve.iter().all(|(slots, _)| *slots <= max_keys), "{curve:?}");
+    let full = curve.iter().position(|(slots, _)| *slots * 100 >= max_keys * 99).expect("the table filled up");
+    assert!(full < steps as usize / 2, "filled after half the keys: {curve:?}");
+    // From the point the table is full, memory stays flat: no more than 2 MiB of noise, where a shared-data key
+    // per distinct key would add about 155 bytes each (30 MiB per 200,000 keys).
+    let (_, at_full) = curve[full];
+    let (_, last) = curve[curve.len() - 1];
+    let grown = last.saturating_sub(at_full);
+    assert!(grown < 2 << 20, "allocated grew by {grown} bytes after the table was full: {curve:?}");
+}
+
+/// Reloads through file-based LDS: buckets of unchanged rules keep counting (a client cannot reset its limit by
+/// waiting for a config push), new keys keep getting buckets after several reloads, changed rules start fresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn reloads_keep_counting_unchanged_rules_and_keep_limiting_new_keys() {
+    const RULES: &str = "wasmcustom.ratelimit.plugin=.=ratelimit;.;rules";
+    let echo = EchoUpstream::start();
+    // The per-key rule never changes; `extra` rules (never matched) make each reload a different listener.
+    let config = |extra: usize, per: &str| {
+        let mut rules = vec![json!({"name": "per-key", "key": [{"header": "x-api-key"}],
+                                    "limits": [{"requests": 1, "per": per}]})];
+        rules.extend((0..extra).map(|i| {
+            json!({"name": format!("extra-{i}"), "match": {"prefix": "/never"},
+                                              "limits": [{"requests": 1, "per": "1s"}]})
+        }));
+        json!({"rules": rules, "max_keys": 10_000}).to_string()
+    };
+    let envoy = EnvoyConfig::new("reload-bootstrap.yaml")
+        .lds("reload-listener.yaml")
+        .upstream(8081, echo.port())
+        .plugin_config("ratelimit", config(0, "1m"))
+        .start();
+    // A new connection per request, so that each sees the listener's current configuration.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let status = |key: String| {
+        let request = client.get(format!("{}/r", envoy.url("front"))).header("x-api-key", key);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    for n in 0..400 {
+        assert_eq!(status(format!("live-{n}")).await, 200);
+    }
+    for reload in 1..=3 {
+        let successes = envoy.stat("listener_manager.lds.update_success").unwrap();
+        envoy.update_lds("reload-listener.yaml", &[("ratelimit", &config(reload, "1m"))]);
+        assert_eq!(envoy.wait_for_stat("listener_manager.lds.update_success", |n| n > successes), Some(successes + 1));
+        assert_eq!(envoy.wait_for_stat(RULES, |n| n == reload as u64 + 1), Some(reload as u64 + 1));
+        // The 400 live keys stay limited: their buckets kept counting across the reload.
+        let mut limited = 0;
+        for n in 0..400 {
+            limited += u32::from(status(format!("live-{n}")).await == 429);
+        }
+        assert_eq!(limited, 400, "reload {reload}: live keys must stay limited");
+        // New keys get a bucket and are limited.
+        for n in 0..100 {
+            let key = format!("new-{reload}-{n}");
+            assert_eq!(status(key.clone()).await, 200);
+            assert_eq!(status(key).await, 429, "reload {reload}: new key {n} not limited");
+        }
+    }
+    let slots = envoy.wait_for_stat(&plugin_metric("slots"), |n| n >= 700).unwrap_or(0);
+    assert_eq!(slots, 700, "one shared-data slot per key, across every reload");
+    // A rule whose limits change starts fresh buckets.
+    envoy.update_lds("reload-listener.yaml", &[("ratelimit", &config(0, "30s"))]);
+    assert_eq!(envoy.wait_for_stat(RULES, |n| n == 1), Some(1));
+    assert_eq!(status("live-0".into()).await, 200);
+    assert_eq!(status("live-0".into()).await, 429);
 }
 
 fn global_config(on_error: &str, timeout: &str) -> Value {
