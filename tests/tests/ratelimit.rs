@@ -295,11 +295,11 @@ async fn distinct_keys(url: &str, from: u64, to: u64, connections: u64) -> u64 {
 }
 
 /// Issue 14: distinct keys (random API keys from a client) must not grow Envoy's memory without bound. Drives
-/// `RATELIMIT_CHURN_KEYS` distinct keys (default 200,000; the README records a run with 1,000,000) through one
+/// `RATELIMIT_CHURN_KEYS` distinct keys (default 1,000,000, about 2.5 minutes) through one
 /// Envoy and samples the slots gauge and `/memory` as it goes: both stop growing once the table is full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_million_distinct_keys_leave_shared_data_and_memory_bounded() {
-    let total: u64 = std::env::var("RATELIMIT_CHURN_KEYS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
+    let total: u64 = std::env::var("RATELIMIT_CHURN_KEYS").ok().and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
     let max_keys: u64 = std::env::var("RATELIMIT_CHURN_MAX_KEYS").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000);
     let echo = EchoUpstream::start();
     let config = json!({"rules": [{"name": "churn", "key": [{"header": "x-api-key"}], "limits": [{"requests": 1, "per": "1s"}]}],
@@ -340,7 +340,7 @@ async fn a_million_distinct_keys_leave_shared_data_and_memory_bounded() {
     let full = curve.iter().position(|(slots, _)| *slots * 100 >= max_keys * 99).expect("the table filled up");
     assert!(full < steps as usize / 2, "filled after half the keys: {curve:?}");
     // From the point the table is full, memory stays flat: no more than 2 MiB of noise, where a shared-data key
-    // per distinct key would add about 155 bytes each (30 MiB per 200,000 keys).
+    // per distinct key would add about 155 bytes each (150 MiB per million keys).
     let (_, at_full) = curve[full];
     let (_, last) = curve[curve.len() - 1];
     let grown = last.saturating_sub(at_full);
