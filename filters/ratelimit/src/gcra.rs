@@ -543,6 +543,54 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_race_costs_at_most_one_extra_burst() {
+        // Worker B (clock 0.5 s) sees K's first slot held by X's live bucket and goes on to the next slot; before
+        // it writes, worker A (clock 1.5 s) sees X idle and creates K in the first slot. K gets two buckets: one
+        // extra burst, once (README, "Memory and reloads").
+        struct Straddling {
+            inner: MemoryStore,
+            a: Limiter,
+            gets: Cell<u32>,
+            a_admitted: Cell<bool>,
+        }
+        impl SharedStore for Straddling {
+            fn get(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
+                let gets = self.gets.get() + 1;
+                self.gets.set(gets);
+                if gets == 2 {
+                    self.a_admitted.set(allowed(&self.a.check(&self.inner, &"K".to_string(), 3 * SECOND / 2)));
+                }
+                self.inner.get(key)
+            }
+            fn compare_and_set(&self, key: &str, value: Option<&[u8]>, cas: u32) -> HostResult<()> {
+                self.inner.compare_and_set(key, value, cas)
+            }
+        }
+        let t = table(2);
+        let lim = limit(1, Duration::from_secs(10), None);
+        let inner = store();
+        let first = key_hash("K") % 2;
+        let x = (0..).map(|i| format!("x{i}")).find(|x| key_hash(x) % 2 == first).unwrap();
+        let short = Limiter::new(&limit(1, Duration::from_secs(1), None), &t).unwrap();
+        assert!(allowed(&short.check(&inner, &x, 0)));
+        let store =
+            Straddling { inner, a: Limiter::new(&lim, &t).unwrap(), gets: Cell::new(0), a_admitted: Cell::new(false) };
+        let b = Limiter::new(&lim, &t).unwrap();
+        assert!(allowed(&b.check(&store, &"K".to_string(), SECOND / 2)));
+        assert!(store.a_admitted.get(), "A created K in the first slot meanwhile");
+        // Two admitted within one second for a burst of 1 (R*T + B = 1.1): the extra burst. From then on K is
+        // limited to the rate, its first slot deciding.
+        assert!(!allowed(&b.check(&store.inner, &"K".to_string(), 3 * SECOND / 2)));
+        let mut admitted = 2;
+        for step in 0..10_000u64 {
+            let now = 3 * SECOND / 2 + step * SECOND / 100;
+            admitted += u64::from(allowed(&b.check(&store.inner, &"K".to_string(), now)));
+        }
+        // 101 s from the first admission at 1 per 10 s: R*T + B = 11.1, R*T + 2B = 12.1.
+        assert_eq!(admitted, 11);
+    }
+
+    #[test]
     fn shared_data_failures_admit_without_a_decision() {
         let host = FakeHost::default();
         reserve_create_cas(&host, "t:").unwrap();
