@@ -484,3 +484,64 @@ fn a_bad_configuration_is_refused_with_the_field_named() {
         .start_expecting_failure();
     assert!(log.contains("ratelimit: invalid configuration: rules[0].limits[0].requests: must be at least 1"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_envoys_send_descriptor_keys_and_hits_addend_and_return_the_services_figures() {
+    let echo = EchoUpstream::start();
+    let rls = RateLimitServer::start(vec![limit_per_entry("edge", 10, 60, "api_key")], Mode::Answer);
+    let config = json!({
+        "rules": [{"name": "cost", "global": true, "hits_addend": {"header": "x-cost"},
+                   "key": [{"header": "x-api-key", "descriptor_key": "api_key"}, "client_ip", {"literal": "v1"}]}],
+        "global": {"cluster": "ratelimit", "domain": "edge", "timeout": "1s"},
+        "response": {"headers": true}
+    });
+    let first = start_global(&echo, rls.port(), config.clone());
+    let second = start_global(&echo, rls.port(), config);
+    let client = reqwest::Client::new();
+    let get = |envoy: &Envoy, cost: Option<&str>| {
+        let mut request = client.get(format!("{}/x", envoy.url("front"))).header("x-api-key", "shared");
+        if let Some(cost) = cost {
+            request = request.header("x-cost", cost);
+        }
+        request.send()
+    };
+    let header = |response: &reqwest::Response, name: &str| {
+        response.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+    };
+    // 4 + 5 + 1 (no header: one hit) of 10 per minute, through two Envoys.
+    let mut remaining = Vec::new();
+    for (envoy, cost) in [(&first, Some("4")), (&second, Some("5")), (&first, None)] {
+        let response = get(envoy, cost).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-ratelimit-limit"), "10, 10;w=60", "Envoy's DRAFT_VERSION_03 form");
+        let reset: u64 = header(&response, "x-ratelimit-reset").parse().unwrap();
+        assert!((1..=60).contains(&reset), "reset {reset}");
+        remaining.push(header(&response, "x-ratelimit-remaining"));
+    }
+    assert_eq!(remaining, ["6", "1", "0"]);
+    // The service says OVER_LIMIT: 429 with its figures, retry-after and its own headers.
+    let limited = get(&second, Some("1")).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(header(&limited, "x-ratelimit-limit"), "10, 10;w=60");
+    assert_eq!(header(&limited, "x-ratelimit-remaining"), "0");
+    let retry_after: u64 = header(&limited, "retry-after").parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "retry-after {retry_after}");
+    assert_eq!(header(&limited, "x-rls-response"), "checked");
+    assert_access_log(&second, "GET /x 429 ratelimit_limited");
+    // A bad hits_addend header is refused before the service is asked.
+    let calls = rls.calls();
+    let bad = get(&first, Some("lots")).await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_access_log(&first, "GET /x 400 ratelimit_bad_request");
+    assert_eq!(rls.calls(), calls);
+    // What reached the service: the configured and Envoy-default entry keys, the hits per descriptor and
+    // per request (Limitador reads the latter).
+    let received = rls.received();
+    assert_eq!(received.len(), 4);
+    let descriptor = &received[0].descriptors[0];
+    let entries: Vec<_> = descriptor.entries.iter().map(|e| (e.key.as_str(), e.value.as_str())).collect();
+    assert_eq!(entries, [("api_key", "shared"), ("remote_address", "127.0.0.1"), ("generic_key", "v1")]);
+    let hits: Vec<_> =
+        received.iter().map(|r| (r.hits_addend, r.descriptors[0].hits_addend.as_ref().map(|h| h.value))).collect();
+    assert_eq!(hits, [(4, Some(4)), (5, Some(5)), (1, None), (1, Some(1))]);
+}

@@ -37,7 +37,7 @@ pub struct Rule {
     pub matcher: RouteMatch,
     /// What the bucket is per; empty: one bucket for every matching request.
     #[serde(default)]
-    pub key: Vec<KeyPart>,
+    pub key: Vec<KeySpec>,
     /// Local limits, enforced in this Envoy across all its workers.
     #[serde(default)]
     pub limits: Vec<Limit>,
@@ -47,6 +47,65 @@ pub struct Rule {
     /// Count and log what would be limited, never reject.
     #[serde(default)]
     pub shadow: bool,
+    /// Hits this rule's descriptor adds at the service (Envoy's `RateLimit.hits_addend`); absent: 1.
+    pub hits_addend: Option<HitsAddend>,
+}
+
+/// Envoy's largest `hits_addend`.
+pub const MAX_HITS_ADDEND: u64 = 1_000_000_000;
+
+/// How many hits a global descriptor adds: a number, or the value of a request header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HitsAddend {
+    Number(u64),
+    Header(String),
+}
+
+impl<'de> Deserialize<'de> for HitsAddend {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        const FORMS: &str = r#"expected a number from 0 to 1000000000 or {"header": NAME}"#;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if let Some(number) = value.as_u64() {
+            return if number <= MAX_HITS_ADDEND {
+                Ok(HitsAddend::Number(number))
+            } else {
+                Err(D::Error::custom(format!("{number} is too large, {FORMS}")))
+            };
+        }
+        match value.as_object().and_then(|o| o.get("header").filter(|_| o.len() == 1)) {
+            Some(serde_json::Value::String(name)) => {
+                Ok(HitsAddend::Header(header_name(name).map_err(D::Error::custom)?))
+            }
+            _ => Err(D::Error::custom(format!("invalid hits_addend {value}, {FORMS}"))),
+        }
+    }
+}
+
+/// One part of a rule's key and, for global rules, the descriptor entry key it becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpec {
+    pub part: KeyPart,
+    /// `descriptor_key`; absent: [`KeyPart::default_descriptor_key`].
+    pub descriptor_key: Option<String>,
+}
+
+impl From<KeyPart> for KeySpec {
+    fn from(part: KeyPart) -> Self {
+        KeySpec { part, descriptor_key: None }
+    }
+}
+
+impl KeySpec {
+    /// The part's name in logs.
+    pub fn name(&self) -> &str {
+        self.part.name()
+    }
+
+    /// The descriptor entry key this part becomes in a global request.
+    pub fn descriptor_key(&self) -> &str {
+        self.descriptor_key.as_deref().unwrap_or_else(|| self.part.default_descriptor_key())
+    }
 }
 
 /// One part of a rule's key: `"client_ip"`, `"path"`, `"method"`, `"route"`, `{"header": name}`,
@@ -69,40 +128,54 @@ pub enum NamedPart {
     Route,
 }
 
-const KEY_PART_FORMS: &str =
-    r#"expected "client_ip", "path", "method", "route", {"header": NAME}, {"query": NAME} or {"literal": VALUE}"#;
+const KEY_PART_FORMS: &str = r#"expected "client_ip", "path", "method", "route", {"header": NAME}, {"query": NAME}, {"literal": VALUE} or {"part": "client_ip"|"path"|"method"|"route"}, each object with an optional "descriptor_key""#;
 
-impl<'de> Deserialize<'de> for KeyPart {
+fn named_part(name: &str) -> Option<KeyPart> {
+    Some(KeyPart::Named(match name {
+        "client_ip" => NamedPart::ClientIp,
+        "path" => NamedPart::Path,
+        "method" => NamedPart::Method,
+        "route" => NamedPart::Route,
+        _ => return None,
+    }))
+}
+
+impl<'de> Deserialize<'de> for KeySpec {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let value = serde_json::Value::deserialize(deserializer)?;
-        let part = match &value {
-            serde_json::Value::String(name) => match name.as_str() {
-                "client_ip" => KeyPart::Named(NamedPart::ClientIp),
-                "path" => KeyPart::Named(NamedPart::Path),
-                "method" => KeyPart::Named(NamedPart::Method),
-                "route" => KeyPart::Named(NamedPart::Route),
-                _ => return Err(D::Error::custom(format!("unknown key part {name:?}, {KEY_PART_FORMS}"))),
-            },
-            serde_json::Value::Object(object) if object.len() == 1 => {
-                let (kind, argument) = object.iter().next().ok_or_else(|| D::Error::custom(KEY_PART_FORMS))?;
+        let unknown = |name: &str| D::Error::custom(format!("unknown key part {name:?}, {KEY_PART_FORMS}"));
+        let spec = match &value {
+            serde_json::Value::String(name) => KeySpec::from(named_part(name).ok_or_else(|| unknown(name))?),
+            serde_json::Value::Object(object) => {
+                let descriptor_key = match object.get("descriptor_key") {
+                    None => None,
+                    Some(serde_json::Value::String(key)) if !key.is_empty() => Some(key.clone()),
+                    Some(_) => return Err(D::Error::custom("descriptor_key: expected a non-empty string")),
+                };
+                let mut kinds = object.iter().filter(|(k, _)| k.as_str() != "descriptor_key");
+                let (Some((kind, argument)), None) = (kinds.next(), kinds.next()) else {
+                    return Err(D::Error::custom(format!("invalid key part {value}, {KEY_PART_FORMS}")));
+                };
                 let argument =
                     argument.as_str().ok_or_else(|| D::Error::custom(format!("{kind}: expected a string")))?;
-                match kind.as_str() {
+                let part = match kind.as_str() {
                     "header" => KeyPart::Header(header_name(argument).map_err(D::Error::custom)?),
                     "query" => KeyPart::Query(argument.to_string()),
                     "literal" => KeyPart::Literal(argument.to_string()),
-                    _ => return Err(D::Error::custom(format!("unknown key part {kind:?}, {KEY_PART_FORMS}"))),
-                }
+                    "part" => named_part(argument).ok_or_else(|| unknown(argument))?,
+                    _ => return Err(unknown(kind)),
+                };
+                KeySpec { part, descriptor_key }
             }
             _ => return Err(D::Error::custom(format!("invalid key part {value}, {KEY_PART_FORMS}"))),
         };
-        Ok(part)
+        Ok(spec)
     }
 }
 
 impl KeyPart {
-    /// The descriptor entry key this part becomes in a global request, and its name in logs.
+    /// The part's name in logs.
     pub fn name(&self) -> &str {
         match self {
             KeyPart::Header(name) | KeyPart::Query(name) => name,
@@ -111,6 +184,16 @@ impl KeyPart {
             KeyPart::Named(NamedPart::Path) => "path",
             KeyPart::Named(NamedPart::Method) => "method",
             KeyPart::Named(NamedPart::Route) => "route",
+        }
+    }
+
+    /// The descriptor entry key without `descriptor_key`: Envoy's where one of its rate-limit actions has a fixed
+    /// key (`remote_address`, `generic_key`); elsewhere Envoy makes the user choose, and we take the part's name.
+    pub fn default_descriptor_key(&self) -> &str {
+        match self {
+            KeyPart::Named(NamedPart::ClientIp) => "remote_address",
+            KeyPart::Literal(_) => "generic_key",
+            other => other.name(),
         }
     }
 }
@@ -265,8 +348,11 @@ fn validate_rule(rule: &Rule, has_global: bool, earlier: &[Rule]) -> Result<(), 
             return Err(ConfigError::at(at("burst"), "must be at least 1"));
         }
     }
-    for (j, part) in rule.key.iter().enumerate() {
-        if let KeyPart::Query(name) | KeyPart::Literal(name) = part {
+    if rule.hits_addend.is_some() && !rule.global {
+        return Err(ConfigError::at("hits_addend", "applies to the rate-limit service only: set `global: true`"));
+    }
+    for (j, spec) in rule.key.iter().enumerate() {
+        if let KeyPart::Query(name) | KeyPart::Literal(name) = &spec.part {
             if name.is_empty() {
                 return Err(ConfigError::at(format!("key[{j}]"), "must not be empty"));
             }
@@ -298,7 +384,7 @@ mod tests {
         let config = parse(FULL.as_bytes()).unwrap();
         let rule = &config.rules[0];
         assert_eq!(
-            rule.key,
+            rule.key.iter().map(|k| k.part.clone()).collect::<Vec<_>>(),
             vec![
                 KeyPart::Header("x-api-key".into()),
                 KeyPart::Named(NamedPart::ClientIp),
@@ -310,9 +396,15 @@ mod tests {
             ]
         );
         assert_eq!(
-            rule.key.iter().map(KeyPart::name).collect::<Vec<_>>(),
+            rule.key.iter().map(KeySpec::name).collect::<Vec<_>>(),
             ["x-api-key", "client_ip", "q", "path", "method", "route", "literal"]
         );
+        // Descriptor keys: Envoy's remote_address and generic_key, else the part's name.
+        assert_eq!(
+            rule.key.iter().map(KeySpec::descriptor_key).collect::<Vec<_>>(),
+            ["x-api-key", "remote_address", "q", "path", "method", "route", "generic_key"]
+        );
+        assert_eq!(rule.hits_addend, None);
         assert_eq!(rule.limits[0].burst(), 20);
         assert_eq!(rule.limits[1].burst(), 1000);
         assert_eq!(rule.limits[0].emission_interval(), Duration::from_millis(10));
@@ -320,6 +412,33 @@ mod tests {
         assert!(config.response.headers);
         assert_eq!(config.global.as_ref().unwrap().on_error, OnError::Deny);
         assert_eq!(config.max_keys, 100_000);
+    }
+
+    #[test]
+    fn descriptor_keys_and_hits_addend() {
+        let config = parse(
+            br#"{"rules": [
+              {"name": "a", "global": true, "hits_addend": 5, "key": [
+                {"header": "X-Api-Key", "descriptor_key": "api_key"}, {"part": "client_ip"},
+                {"part": "path", "descriptor_key": "p"}, {"literal": "v1", "descriptor_key": "version"},
+                {"query": "q", "descriptor_key": "query"}]},
+              {"name": "b", "global": true, "hits_addend": {"header": "X-Hits"}},
+              {"name": "c", "global": true, "hits_addend": 1000000000}
+            ], "global": {"cluster": "c", "domain": "d"}}"#,
+        )
+        .unwrap();
+        let rule = &config.rules[0];
+        assert_eq!(
+            rule.key[0],
+            KeySpec { part: KeyPart::Header("x-api-key".into()), descriptor_key: Some("api_key".into()) }
+        );
+        assert_eq!(
+            rule.key.iter().map(KeySpec::descriptor_key).collect::<Vec<_>>(),
+            ["api_key", "remote_address", "p", "version", "query"]
+        );
+        assert_eq!(rule.hits_addend, Some(HitsAddend::Number(5)));
+        assert_eq!(config.rules[1].hits_addend, Some(HitsAddend::Header("x-hits".into())));
+        assert_eq!(config.rules[2].hits_addend, Some(HitsAddend::Number(MAX_HITS_ADDEND)));
     }
 
     #[test]
@@ -376,6 +495,34 @@ mod tests {
                 "rules[0].key[0]: must not be empty",
             ),
             (r#"{"rules": [{"name": "a"}]}"#.into(), "rules[0].limits: must not be empty"),
+            (
+                format!(r#"{{"rules": [{{"name": "a", {limit}, "key": [{{"header": "h", "descriptor_key": ""}}]}}]}}"#),
+                "rules[0].key[0]: descriptor_key: expected a non-empty string",
+            ),
+            (
+                format!(r#"{{"rules": [{{"name": "a", {limit}, "key": [{{"header": "h", "query": "q"}}]}}]}}"#),
+                "rules[0].key[0]: invalid key part",
+            ),
+            (
+                format!(r#"{{"rules": [{{"name": "a", {limit}, "key": [{{"part": "user"}}]}}]}}"#),
+                r#"rules[0].key[0]: unknown key part "user""#,
+            ),
+            (
+                format!(r#"{{"rules": [{{"name": "a", {limit}, "hits_addend": 2}}]}}"#),
+                "rules[0].hits_addend: applies to the rate-limit service only",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "global": true, "hits_addend": 1000000001}], "global": {"cluster": "c", "domain": "d"}}"#.into(),
+                "rules[0].hits_addend: 1000000001 is too large",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "global": true, "hits_addend": "3"}], "global": {"cluster": "c", "domain": "d"}}"#.into(),
+                "rules[0].hits_addend: invalid hits_addend",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "global": true, "hits_addend": -1}], "global": {"cluster": "c", "domain": "d"}}"#.into(),
+                "rules[0].hits_addend: invalid hits_addend",
+            ),
             (r#"{"rules": [{"name": "a", "global": true}]}"#.into(), "rules[0].global: needs the top-level"),
             (
                 format!(r#"{{"rules": [{{"name": "a", {limit}}}, {{"name": "a", {limit}}}]}}"#),

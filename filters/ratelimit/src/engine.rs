@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, KeyPart, Limit, OnMissingKey};
+use crate::config::{Config, HitsAddend, KeySpec, Limit, OnMissingKey, Rule, MAX_HITS_ADDEND};
 use crate::gcra::{Limiter, SlotTable, Verdict};
 use crate::key::{bucket_key, key_values, RequestFacts};
 use shared::store::SharedStore;
@@ -53,6 +53,8 @@ impl RateHeaders {
 pub struct GlobalDescriptor {
     pub rule: usize,
     pub entries: Vec<(String, String)>,
+    /// The rule's `hits_addend`; `None`: not configured, or its header absent (the service counts 1).
+    pub hits_addend: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +66,9 @@ pub struct Evaluation {
     /// Most restrictive figures of the limits that allowed the request.
     pub headers: Option<RateHeaders>,
     pub descriptors: Vec<GlobalDescriptor>,
+    /// `Some(reason)` when the request must be answered 400: a non-shadow global rule's `hits_addend` header
+    /// is not a number from 0 to 1000000000.
+    pub bad_request: Option<String>,
 }
 
 struct CompiledRule {
@@ -175,20 +180,29 @@ impl Engine {
                 events.allowed = true;
             }
             if rule.global && !stop {
-                let entries = rule
-                    .key
-                    .iter()
-                    .zip(&values)
-                    .map(|(part, value)| (part.name().to_string(), entry_value(part, value)))
-                    .collect();
-                evaluation.descriptors.push(GlobalDescriptor { rule: index, entries });
+                match hits_addend(rule, request) {
+                    Ok(hits_addend) => {
+                        let entries = rule
+                            .key
+                            .iter()
+                            .zip(&values)
+                            .map(|(spec, value)| (spec.descriptor_key().to_string(), entry_value(spec, value)))
+                            .collect();
+                        evaluation.descriptors.push(GlobalDescriptor { rule: index, entries, hits_addend });
+                    }
+                    Err(reason) => {
+                        events.allowed = false;
+                        evaluation.bad_request = Some(reason);
+                        stop = true;
+                    }
+                }
             }
             evaluation.events.push((index, events));
             if stop {
                 break;
             }
         }
-        if evaluation.rejected.is_some() {
+        if evaluation.rejected.is_some() || evaluation.bad_request.is_some() {
             evaluation.descriptors.clear();
         }
         evaluation
@@ -207,7 +221,30 @@ fn reject(evaluation: &mut Evaluation, events: &mut RuleEvents, shadow: bool, fi
     }
 }
 
-fn entry_value(_part: &KeyPart, value: &str) -> String {
+/// The rule's hits for the service. A header that is not a whole number from 0 to 1000000000 is an error for a
+/// rule that rejects (a client must not escape counting with a bad value); a shadow rule counts it as 1.
+fn hits_addend<R: RequestFacts + ?Sized>(rule: &Rule, request: &R) -> Result<Option<u64>, String> {
+    let name = match &rule.hits_addend {
+        None => return Ok(None),
+        Some(HitsAddend::Number(n)) => return Ok(Some(*n)),
+        Some(HitsAddend::Header(name)) => name,
+    };
+    let Some(value) = request.header(name) else { return Ok(None) };
+    match value.trim().parse::<u64>() {
+        Ok(hits) if hits <= MAX_HITS_ADDEND => Ok(Some(hits)),
+        _ => {
+            let reason = format!("invalid {name} header: expected a whole number from 0 to {MAX_HITS_ADDEND}");
+            if rule.shadow {
+                log::debug!("ratelimit: rule {:?}: {reason}; counted as 1", rule.name);
+                Ok(None)
+            } else {
+                Err(reason)
+            }
+        }
+    }
+}
+
+fn entry_value(_part: &KeySpec, value: &str) -> String {
     if value == MISSING {
         "missing".to_string()
     } else {
@@ -362,15 +399,56 @@ mod tests {
                 rule: 0,
                 entries: vec![
                     ("x-api-key".into(), "k".into()),
-                    ("client_ip".into(), "10.1.1.1".into()),
-                    ("literal".into(), "v1".into())
-                ]
+                    ("remote_address".into(), "10.1.1.1".into()),
+                    ("generic_key".into(), "v1".into())
+                ],
+                hits_addend: None,
             }]
         );
         // A local rejection means no global call.
         let e = engine.evaluate(&req("/", &[("x-api-key", "k")]), SECOND);
         assert!(e.rejected.is_some());
         assert!(e.descriptors.is_empty());
+    }
+
+    #[test]
+    fn descriptor_keys_and_hits_addend_from_config_and_header() {
+        let engine = build(
+            r#"{"rules": [
+                {"name": "n", "global": true, "hits_addend": 4,
+                 "key": [{"header": "x-api-key", "descriptor_key": "api_key"}, {"part": "client_ip", "descriptor_key": "ip"}]},
+                {"name": "h", "global": true, "hits_addend": {"header": "x-cost"}, "key": [{"literal": "x"}]},
+                {"name": "s", "global": true, "shadow": true, "hits_addend": {"header": "x-cost"}}
+            ], "global": {"cluster": "rls", "domain": "edge"}}"#,
+        );
+        let e = engine.evaluate(&req("/", &[("x-api-key", "k"), ("x-cost", " 7 ")]), SECOND);
+        let got: Vec<_> = e.descriptors.iter().map(|d| (d.entries.clone(), d.hits_addend)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (vec![("api_key".into(), "k".into()), ("ip".into(), "10.1.1.1".into())], Some(4)),
+                (vec![("generic_key".into(), "x".into())], Some(7)),
+                (vec![], Some(7)),
+            ]
+        );
+        assert_eq!(e.bad_request, None);
+        // Without the header the service counts 1.
+        let e = engine.evaluate(&req("/", &[("x-api-key", "k")]), SECOND);
+        assert_eq!(e.descriptors.iter().map(|d| d.hits_addend).collect::<Vec<_>>(), [Some(4), None, None]);
+        // A bad value: 400 for a rule that rejects, no call at all.
+        for bad in ["-1", "1.5", "lots", "1000000001"] {
+            let e = engine.evaluate(&req("/", &[("x-api-key", "k"), ("x-cost", bad)]), SECOND);
+            assert!(e.bad_request.as_deref().unwrap().contains("invalid x-cost header"), "{bad}");
+            assert!(e.descriptors.is_empty());
+            assert!(!e.events[1].1.allowed);
+        }
+        // A shadow rule counts it as 1.
+        let shadow = build(
+            r#"{"rules": [{"name": "s", "global": true, "shadow": true, "hits_addend": {"header": "x-cost"}}],
+                "global": {"cluster": "rls", "domain": "edge"}}"#,
+        );
+        let e = shadow.evaluate(&req("/", &[("x-cost", "lots")]), SECOND);
+        assert_eq!((e.bad_request, e.descriptors[0].hits_addend), (None, None));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use shared::request::{query_param, split_path};
 use shared::RequestHeaders;
 
-use crate::config::{KeyPart, NamedPart};
+use crate::config::{KeyPart, KeySpec, NamedPart};
 
 /// What the key parts need from a request beyond its headers.
 pub trait RequestFacts: RequestHeaders {
@@ -19,8 +19,8 @@ pub trait RequestFacts: RequestHeaders {
 const MAX_VALUE_IN_KEY: usize = 128;
 
 /// The value of each key part, in order, or the first part the request lacks.
-pub fn key_values<'p, R: RequestFacts + ?Sized>(parts: &'p [KeyPart], request: &R) -> Result<Vec<String>, &'p KeyPart> {
-    parts.iter().map(|part| part_value(part, request).ok_or(part)).collect()
+pub fn key_values<'p, R: RequestFacts + ?Sized>(parts: &'p [KeySpec], request: &R) -> Result<Vec<String>, &'p KeySpec> {
+    parts.iter().map(|spec| part_value(&spec.part, request).ok_or(spec)).collect()
 }
 
 fn part_value<R: RequestFacts + ?Sized>(part: &KeyPart, request: &R) -> Option<String> {
@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn values_of_every_part() {
-        let parts = vec![
+        let parts: Vec<KeySpec> = [
             KeyPart::Header("x-api-key".into()),
             KeyPart::Query("tenant".into()),
             KeyPart::Literal("v1".into()),
@@ -93,18 +93,25 @@ mod tests {
             KeyPart::Named(NamedPart::Path),
             KeyPart::Named(NamedPart::Method),
             KeyPart::Named(NamedPart::Route),
-        ];
+        ]
+        .into_iter()
+        .map(KeySpec::from)
+        .collect();
         let r = req(&[(":path", "/a/b?tenant=t%201"), (":method", "GET"), ("x-api-key", "k1")], Some("10.0.0.1"));
         assert_eq!(key_values(&parts, &r).unwrap(), ["k1", "t 1", "v1", "10.0.0.1", "/a/b", "GET", "r1"]);
     }
 
     #[test]
     fn the_first_missing_part_is_reported() {
-        let parts = vec![KeyPart::Named(NamedPart::ClientIp), KeyPart::Header("x-api-key".into())];
+        let parts: Vec<KeySpec> =
+            [KeyPart::Named(NamedPart::ClientIp), KeyPart::Header("x-api-key".into())].map(KeySpec::from).into();
         let r = req(&[(":path", "/")], Some("1.2.3.4"));
         assert_eq!(key_values(&parts, &r), Err(&parts[1]));
         assert_eq!(key_values(&parts[..1], &req(&[], None)), Err(&parts[0]));
-        assert_eq!(key_values(&[KeyPart::Query("q".into())], &req(&[(":path", "/x")], None)).unwrap_err().name(), "q");
+        assert_eq!(
+            key_values(&[KeyPart::Query("q".into()).into()], &req(&[(":path", "/x")], None)).unwrap_err().name(),
+            "q"
+        );
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub mod details {
     pub const MISSING_KEY: &str = "ratelimit_missing_key";
     /// The rate-limit service failed or timed out and `global.on_error` is `deny`.
     pub const SERVICE_ERROR: &str = "ratelimit_service_error";
+    /// A global rule's `hits_addend` header is not a number from 0 to 1000000000.
+    pub const BAD_REQUEST: &str = "ratelimit_bad_request";
 }
 
 struct RuleMetrics {
@@ -294,9 +296,29 @@ impl RatelimitStream {
                 }
             }
         }
+        let figures: Vec<(String, String)> = answer
+            .figures
+            .as_ref()
+            .map(|f| f.to_pairs().into_iter().map(|(n, v)| (n.to_string(), v)).collect())
+            .unwrap_or_default();
         if rejected {
             let grpc = request_is_grpc(host);
-            return Flow::Reply(filter.rejection(grpc, None, &answer.response_headers, details::LIMITED));
+            let mut headers = figures;
+            if let Some(f) = &answer.figures {
+                headers.push(("retry-after".to_string(), f.reset_secs.max(1).to_string()));
+            }
+            headers.extend(answer.response_headers);
+            return Flow::Reply(filter.rejection(grpc, None, &headers, details::LIMITED));
+        }
+        // The most restrictive figures go on the response: the service's unless a local limit has fewer left.
+        if filter.config.response.headers && !figures.is_empty() {
+            let remaining = |headers: &[(String, String)]| {
+                headers.iter().find(|(n, _)| n == "x-ratelimit-remaining").and_then(|(_, v)| v.parse::<u32>().ok())
+            };
+            if remaining(&self.response_headers).is_none_or(|local| remaining(&figures).is_some_and(|g| g <= local)) {
+                self.response_headers.retain(|(name, _)| !name.starts_with("x-ratelimit-"));
+                self.response_headers.extend(figures);
+            }
         }
         for (name, value) in &answer.request_headers {
             if let Err(err) = host.add_header(Side::Request, name, value.as_bytes()) {
@@ -323,6 +345,11 @@ impl Stream for RatelimitStream {
             let grpc = is_grpc(view.header("content-type").as_deref());
             return Flow::Reply(filter.rejection(grpc, Some(figures), &[], reason));
         }
+        if let Some(reason) = &evaluation.bad_request {
+            log::debug!("{FILTER}: {reason}");
+            let reply = LocalReply::error(FILTER, 400, reason, is_grpc(view.header("content-type").as_deref()));
+            return Flow::Reply(reply.with_details(details::BAD_REQUEST));
+        }
         if filter.config.response.headers {
             if let Some(figures) = evaluation.headers {
                 self.response_headers = figures.to_pairs().into_iter().map(|(n, v)| (n.to_string(), v)).collect();
@@ -333,7 +360,11 @@ impl Stream for RatelimitStream {
             return Flow::Continue;
         }
         self.global_rules = evaluation.descriptors.iter().map(|d| d.rule).collect();
-        let descriptors: Vec<_> = evaluation.descriptors.into_iter().map(|d| d.entries).collect();
+        let descriptors: Vec<_> = evaluation
+            .descriptors
+            .into_iter()
+            .map(|d| rls::Descriptor { entries: d.entries, hits_addend: d.hits_addend })
+            .collect();
         let message = rls::encode_request(&global.domain, &descriptors);
         let call = GrpcCall {
             cluster: &global.cluster,

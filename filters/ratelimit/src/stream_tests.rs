@@ -213,7 +213,7 @@ fn answer(code: rls::Code, headers: &[(&str, &str)], request_headers: &[(&str, &
     };
     let response = rls::RateLimitResponse {
         overall_code: code as i32,
-        statuses: vec![rls::DescriptorStatus { code: code as i32, limit_remaining: 0 }],
+        statuses: vec![rls::DescriptorStatus { code: code as i32, limit_remaining: 0, ..Default::default() }],
         response_headers_to_add: pairs(headers),
         request_headers_to_add: pairs(request_headers),
     };
@@ -235,7 +235,7 @@ fn the_global_service_is_asked_with_the_rules_descriptors() {
     assert_eq!(sent.hits_addend, 1);
     assert_eq!(sent.descriptors.len(), 1, "only the global rule");
     let entries: Vec<_> = sent.descriptors[0].entries.iter().map(|e| (e.key.as_str(), e.value.as_str())).collect();
-    assert_eq!(entries, [("x-api-key", "k1"), ("client_ip", "10.0.0.7")]);
+    assert_eq!(entries, [("x-api-key", "k1"), ("remote_address", "10.0.0.7")], "Envoy's remote_address by default");
     // OK: the request goes on with the service's request headers; its response headers and the local figures
     // go on the response.
     let flow = stream.on_grpc_call_response(&host, token, answer(rls::Code::Ok, &[("x-rl", "7")], &[("x-up", "1")]));
@@ -247,6 +247,106 @@ fn the_global_service_is_asked_with_the_rules_descriptors() {
     assert_eq!(host.header_of(Side::Response, "x-ratelimit-limit").as_deref(), Some("100"));
     assert_eq!(metric("global-allow", "allowed"), 1);
     assert_eq!(metric("local-allow", "allowed"), 1);
+}
+
+/// An answer whose one status carries the service's limit (`requests` per minute), remaining and reset.
+fn answer_with_status(code: rls::Code, requests: u32, remaining: u32, reset_secs: i64) -> GrpcResponse {
+    let response = rls::RateLimitResponse {
+        overall_code: code as i32,
+        statuses: vec![rls::DescriptorStatus {
+            code: code as i32,
+            current_limit: Some(rls::CurrentLimit { requests_per_unit: requests, unit: 2, ..Default::default() }),
+            limit_remaining: remaining,
+            duration_until_reset: Some(rls::ProtoDuration { seconds: reset_secs, nanos: 0 }),
+        }],
+        response_headers_to_add: vec![rls::HeaderValue { key: "x-rl".into(), value: "1".into() }],
+        request_headers_to_add: vec![],
+    };
+    GrpcResponse { status: 0, message: response.encode_to_vec() }
+}
+
+#[test]
+fn descriptor_keys_and_hits_addend_reach_the_service() {
+    let host = host();
+    let filter = configure(
+        &host,
+        json!({"rules": [{"name": "keys", "global": true, "hits_addend": {"header": "x-cost"},
+                          "key": [{"header": "x-api-key", "descriptor_key": "api_key"}, "client_ip",
+                                  {"literal": "v1"}]}],
+               "global": {"cluster": "rls", "domain": "edge"}}),
+    );
+    let (_, flow) = request(&filter, &host, &[("x-api-key", "k1"), ("x-cost", "25")]);
+    assert_eq!(flow, Flow::Pause);
+    let sent = rls::RateLimitRequest::decode(host.grpc_calls.borrow().last().unwrap().message.as_slice()).unwrap();
+    let entries: Vec<_> = sent.descriptors[0].entries.iter().map(|e| (e.key.as_str(), e.value.as_str())).collect();
+    assert_eq!(entries, [("api_key", "k1"), ("remote_address", "10.0.0.7"), ("generic_key", "v1")]);
+    assert_eq!(sent.hits_addend, 25);
+    assert_eq!(sent.descriptors[0].hits_addend, Some(rls::UInt64Value { value: 25 }));
+    // A fixed number.
+    let fixed = configure(
+        &host,
+        json!({"rules": [{"name": "fixed", "global": true, "hits_addend": 3, "key": [{"header": "x-api-key"}]}],
+               "global": {"cluster": "rls", "domain": "edge"}}),
+    );
+    assert_eq!(request(&fixed, &host, &[("x-api-key", "k1")]).1, Flow::Pause);
+    let sent = rls::RateLimitRequest::decode(host.grpc_calls.borrow().last().unwrap().message.as_slice()).unwrap();
+    assert_eq!(sent.hits_addend, 3);
+    // A bad header value is answered 400 without asking the service.
+    let calls = host.grpc_calls.borrow().len();
+    let reply = replied(request(&filter, &host, &[("x-api-key", "k1"), ("x-cost", "many")]).1);
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.details, details::BAD_REQUEST);
+    assert_eq!(reply.details, "ratelimit_bad_request");
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert!(body["error"].as_str().unwrap().contains("invalid x-cost header"), "{body}");
+    assert_eq!(host.grpc_calls.borrow().len(), calls);
+    assert_eq!(metric("keys", "allowed"), 0);
+}
+
+#[test]
+fn global_decisions_carry_the_services_figures() {
+    let host = host();
+    let config = |name: &str, headers: bool| {
+        json!({"rules": [{"name": name, "global": true, "key": [{"header": "x-api-key"}]},
+                         {"name": format!("{name}-local"), "limits": [{"requests": 100, "per": "1s"}]}],
+               "global": {"cluster": "rls", "domain": "edge"}, "response": {"headers": headers}})
+    };
+    // OVER_LIMIT: the service's figures, retry-after from its reset, and its headers, even without
+    // response.headers.
+    let filter = configure(&host, config("fig-over", false));
+    let (mut stream, token) = global_request(&filter, &host);
+    let reply = replied(stream.on_grpc_call_response(&host, token, answer_with_status(rls::Code::OverLimit, 5, 0, 42)));
+    assert_eq!(reply.status, 429);
+    assert_eq!(header(&reply, "x-ratelimit-limit"), Some("5, 5;w=60"));
+    assert_eq!(header(&reply, "x-ratelimit-remaining"), Some("0"));
+    assert_eq!(header(&reply, "x-ratelimit-reset"), Some("42"));
+    assert_eq!(header(&reply, "retry-after"), Some("42"));
+    assert_eq!(header(&reply, "x-rl"), Some("1"));
+    // OK with response.headers: the service's figures replace the local ones when fewer remain.
+    let filter = configure(&host, config("fig-ok", true));
+    let (mut stream, token) = global_request(&filter, &host);
+    assert_eq!(stream.on_grpc_call_response(&host, token, answer_with_status(rls::Code::Ok, 5, 3, 30)), Flow::Continue);
+    host.set_response(&[(":status", "200")], b"");
+    stream.on_response_headers(&host, false);
+    assert_eq!(host.header_of(Side::Response, "x-ratelimit-limit").as_deref(), Some("5, 5;w=60"));
+    assert_eq!(host.header_of(Side::Response, "x-ratelimit-remaining").as_deref(), Some("3"));
+    assert_eq!(host.header_of(Side::Response, "x-ratelimit-reset").as_deref(), Some("30"));
+    assert_eq!(host.response_headers.borrow().iter().filter(|(n, _)| n == "x-ratelimit-limit").count(), 1);
+    // ... and stay local when the local limit is the tighter one.
+    let (mut stream, token) = global_request(&filter, &host);
+    let roomy = answer_with_status(rls::Code::Ok, 1000, 999, 30);
+    assert_eq!(stream.on_grpc_call_response(&host, token, roomy), Flow::Continue);
+    host.set_response(&[(":status", "200")], b"");
+    stream.on_response_headers(&host, false);
+    assert_eq!(host.header_of(Side::Response, "x-ratelimit-limit").as_deref(), Some("100"));
+    // OK without response.headers: nothing added but the service's own headers.
+    let filter = configure(&host, config("fig-quiet", false));
+    let (mut stream, token) = global_request(&filter, &host);
+    assert_eq!(stream.on_grpc_call_response(&host, token, answer_with_status(rls::Code::Ok, 5, 3, 30)), Flow::Continue);
+    host.set_response(&[(":status", "200")], b"");
+    stream.on_response_headers(&host, false);
+    assert_eq!(host.header_of(Side::Response, "x-ratelimit-limit"), None);
+    assert_eq!(host.header_of(Side::Response, "x-rl").as_deref(), Some("1"));
 }
 
 #[test]
