@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::{Config, HitsAddend, KeySpec, Limit, OnMissingKey, Rule, MAX_HITS_ADDEND};
 use crate::gcra::{Limiter, SlotTable, Verdict};
-use crate::key::{bucket_key, key_values, RequestFacts};
+use crate::key::{bucket_hash, key_values, RequestFacts};
 use shared::store::SharedStore;
 use shared::HostError;
 
@@ -148,8 +148,7 @@ impl Engine {
             };
             let mut stop = false;
             for (limit, id, limiter) in &compiled.limits {
-                let key = bucket_key(id, &values);
-                let decision = limiter.check(store, &key, now);
+                let decision = limiter.check_identity(store, bucket_hash(id, &values), now);
                 events.cas_retries = events.cas_retries.saturating_add(decision.effects.cas_retries);
                 events.key_overflow |= decision.effects.overflow;
                 if let Some(err) = decision.effects.store_error {

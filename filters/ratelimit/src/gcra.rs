@@ -159,14 +159,14 @@ impl SharedBuckets<'_> {
 }
 
 impl StateStore for SharedBuckets<'_> {
-    type Key = String;
+    type Key = u64;
 
-    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
         let mut effects = Effects::default();
-        let hash = key_hash(key);
+        let hash = *key;
         let result = loop {
             let (slot, cas, old) = match self.find(hash) {
                 Ok(Some(place)) => place,
@@ -237,14 +237,19 @@ impl Limiter {
 
     /// Decides for `key` at `now` (monotonic nanoseconds) against the buckets in `store`, consuming one request
     /// when allowed.
-    pub fn check(&self, store: &dyn SharedStore, key: &String, now: u64) -> Decision {
+    pub fn check(&self, store: &dyn SharedStore, key: &str, now: u64) -> Decision {
+        self.check_identity(store, key_hash(key), now)
+    }
+
+    /// The same for a bucket known by its identity (`key::bucket_hash`).
+    pub fn check_identity(&self, store: &dyn SharedStore, identity: u64, now: u64) -> Decision {
         let time = Cell::new(0); // at 0 while governor reads its start: the start is the monotonic epoch
         let effects = Cell::new(Effects::default());
         let buckets = SharedBuckets { store, table: &self.table, now, effects: &effects };
         let limiter =
-            RateLimiter::<String, _, _, StateInformationMiddleware>::new(self.quota, buckets, RequestClock(&time));
+            RateLimiter::<u64, _, _, StateInformationMiddleware>::new(self.quota, buckets, RequestClock(&time));
         time.set(now);
-        let verdict = match limiter.check_key(key) {
+        let verdict = match limiter.check_key(&identity) {
             Ok(snapshot) => Verdict::Allowed { remaining: snapshot.remaining_burst_capacity() },
             Err(not_until) => Verdict::Limited { retry_after: not_until.wait_time_from(Nanos::from(now)) },
         };
@@ -370,16 +375,16 @@ mod tests {
         let l = Limiter::new(&limit(1, Duration::from_secs(60), None), &table(2)).unwrap();
         let now = 5 * SECOND;
         for key in ["a", "b"] {
-            assert!(l.check(&store, &key.to_string(), now).effects.new_slot);
+            assert!(l.check(&store, key, now).effects.new_slot);
         }
         for _ in 0..3 {
-            let over = l.check(&store, &"c".to_string(), now);
+            let over = l.check(&store, "c", now);
             assert!(over.effects.overflow);
             assert!(allowed(&over));
         }
         assert_eq!(read_counter(&store, "t:slots"), Ok(2));
         // Existing keys are still limited.
-        assert!(!allowed(&l.check(&store, &"a".to_string(), now)));
+        assert!(!allowed(&l.check(&store, "a", now)));
     }
 
     #[test]
@@ -419,10 +424,10 @@ mod tests {
                 }
             }
         }
-        assert!(allowed(&l.check(&store, &"victim".to_string(), now)));
+        assert!(allowed(&l.check(&store, "victim", now)));
         // The fillers go idle: their slots are free, but the victim's live bucket must still be found.
         let later = now + 2 * SECOND;
-        assert!(!allowed(&l.check(&store, &"victim".to_string(), later)));
+        assert!(!allowed(&l.check(&store, "victim", later)));
     }
 
     /// Makes another worker decide for another client between every read and write of this one (a lost CAS
@@ -558,7 +563,7 @@ mod tests {
                 let gets = self.gets.get() + 1;
                 self.gets.set(gets);
                 if gets == 2 {
-                    self.a_admitted.set(allowed(&self.a.check(&self.inner, &"K".to_string(), 3 * SECOND / 2)));
+                    self.a_admitted.set(allowed(&self.a.check(&self.inner, "K", 3 * SECOND / 2)));
                 }
                 self.inner.get(key)
             }
@@ -576,15 +581,15 @@ mod tests {
         let store =
             Straddling { inner, a: Limiter::new(&lim, &t).unwrap(), gets: Cell::new(0), a_admitted: Cell::new(false) };
         let b = Limiter::new(&lim, &t).unwrap();
-        assert!(allowed(&b.check(&store, &"K".to_string(), SECOND / 2)));
+        assert!(allowed(&b.check(&store, "K", SECOND / 2)));
         assert!(store.a_admitted.get(), "A created K in the first slot meanwhile");
         // Two admitted within one second for a burst of 1 (R*T + B = 1.1): the extra burst. From then on K is
         // limited to the rate, its first slot deciding.
-        assert!(!allowed(&b.check(&store.inner, &"K".to_string(), 3 * SECOND / 2)));
+        assert!(!allowed(&b.check(&store.inner, "K", 3 * SECOND / 2)));
         let mut admitted = 2;
         for step in 0..10_000u64 {
             let now = 3 * SECOND / 2 + step * SECOND / 100;
-            admitted += u64::from(allowed(&b.check(&store.inner, &"K".to_string(), now)));
+            admitted += u64::from(allowed(&b.check(&store.inner, "K", now)));
         }
         // 101 s from the first admission at 1 per 10 s: R*T + B = 11.1, R*T + 2B = 12.1.
         assert_eq!(admitted, 11);
@@ -607,7 +612,7 @@ mod tests {
         // Writes fail for a new key: admitted, reported, nothing written.
         host.failures.borrow_mut().clear();
         host.fail("shared_set", HostError::BadArgument);
-        let decision = l.check(&host, &"new".to_string(), SECOND);
+        let decision = l.check(&host, "new", SECOND);
         assert!(allowed(&decision));
         assert_eq!(decision.effects.store_error, Some(HostError::BadArgument));
         assert!(!decision.effects.new_slot);
@@ -636,7 +641,7 @@ mod tests {
         }
         let racing = Racing { inner: store(), raced: Cell::new(false) };
         let l = Limiter::new(&limit(1, Duration::from_secs(1), None), &table(10)).unwrap();
-        let decision = l.check(&racing, &"k".to_string(), SECOND);
+        let decision = l.check(&racing, "k", SECOND);
         assert!(!allowed(&decision), "{decision:?}");
         assert_eq!(decision.effects.cas_retries, 1);
         assert_eq!(decision.effects.store_error, None);
