@@ -31,6 +31,7 @@ pub struct EnvoyConfig {
     http_filters: Option<(String, Vec<Value>)>,
     cpu: Option<u32>,
     log_level: &'static str,
+    drain_time_secs: Option<u32>,
 }
 
 impl EnvoyConfig {
@@ -47,6 +48,7 @@ impl EnvoyConfig {
             http_filters: None,
             cpu: None,
             log_level: "info",
+            drain_time_secs: None,
         }
     }
 
@@ -101,6 +103,12 @@ impl EnvoyConfig {
     /// Envoy's log level (default `info`; benchmarks use `warn`).
     pub fn log_level(mut self, level: &'static str) -> Self {
         self.log_level = level;
+        self
+    }
+
+    /// How long a listener replaced through LDS drains before it (and its filters' VMs) goes (`--drain-time-s`).
+    pub fn drain_time_secs(mut self, secs: u32) -> Self {
+        self.drain_time_secs = Some(secs);
         self
     }
 
@@ -172,6 +180,9 @@ impl EnvoyConfig {
             .args(["--use-dynamic-base-id", "--concurrency", &self.concurrency.to_string(), "-l", self.log_level])
             .arg("--admin-address-path")
             .arg(&admin_path)
+            .args(
+                self.drain_time_secs.map(|secs| ["--drain-time-s".to_string(), secs.to_string()]).into_iter().flatten(),
+            )
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

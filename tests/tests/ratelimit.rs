@@ -363,10 +363,12 @@ async fn reloads_keep_counting_unchanged_rules_and_keep_limiting_new_keys() {
         }));
         json!({"rules": rules, "max_keys": 10_000}).to_string()
     };
+    // A short drain (2 s, as in the reproduction): replaced listeners and their VMs go quickly.
     let envoy = EnvoyConfig::new("reload-bootstrap.yaml")
         .lds("reload-listener.yaml")
         .upstream(8081, echo.port())
         .plugin_config("ratelimit", config(0, "1m"))
+        .drain_time_secs(2)
         .start();
     // A new connection per request, so that each sees the listener's current configuration.
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
