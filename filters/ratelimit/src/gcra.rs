@@ -443,6 +443,22 @@ mod tests {
         other_overflow: Cell<u64>,
     }
 
+    impl Contended {
+        /// A store whose every write races with `other`, a second worker's limiter on the same table.
+        fn new(lim: &Limit, t: &SlotTable) -> Self {
+            Contended {
+                inner: store(),
+                other: Limiter::new(lim, t).unwrap(),
+                now: Cell::new(0),
+                client: Default::default(),
+                turn: Cell::new(0),
+                busy: Cell::new(false),
+                other_admitted: Default::default(),
+                other_overflow: Cell::new(0),
+            }
+        }
+    }
+
     impl SharedStore for Contended {
         fn get(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
             self.inner.get(key)
@@ -471,16 +487,7 @@ mod tests {
         // 7 clients in 3 slots: collisions all the time, and a worker racing every write.
         let lim = limit(10, Duration::from_secs(1), Some(5));
         let t = table(3);
-        let store = Contended {
-            inner: store(),
-            other: Limiter::new(&lim, &t).unwrap(),
-            now: Cell::new(0),
-            client: Default::default(),
-            turn: Cell::new(0),
-            busy: Cell::new(false),
-            other_admitted: Default::default(),
-            other_overflow: Cell::new(0),
-        };
+        let store = Contended::new(&lim, &t);
         let this = Limiter::new(&lim, &t).unwrap();
         let mut admitted: HashMap<String, u64> = HashMap::new();
         let (mut overflow, mut retries) = (0u64, 0u64);
@@ -515,16 +522,7 @@ mod tests {
     fn with_room_in_the_table_contention_admits_exactly_rate_times_time_plus_burst() {
         let lim = limit(10, Duration::from_secs(1), Some(5));
         let t = table(1000);
-        let store = Contended {
-            inner: store(),
-            other: Limiter::new(&lim, &t).unwrap(),
-            now: Cell::new(0),
-            client: Default::default(),
-            turn: Cell::new(0),
-            busy: Cell::new(false),
-            other_admitted: Default::default(),
-            other_overflow: Cell::new(0),
-        };
+        let store = Contended::new(&lim, &t);
         let this = Limiter::new(&lim, &t).unwrap();
         let mut admitted: HashMap<String, u64> = HashMap::new();
         let start = 20 * SECOND;
