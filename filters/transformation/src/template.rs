@@ -31,6 +31,28 @@ pub struct RenderData {
     pub data_sources: Rc<BTreeMap<String, String>>,
     /// `replace_with_random`: one random value per pattern and render data.
     pub randoms: RefCell<HashMap<String, String>>,
+    /// What `cluster_metadata`, `dynamic_metadata` and `host_metadata` read.
+    pub metadata: Metadata,
+}
+
+/// Envoy's metadata for Gloo's `*_metadata` functions: each is the `filter_metadata` of an Envoy `Metadata` as a
+/// JSON object (filter namespace -> its fields), `Value::Null` where Envoy has none for this message.
+#[derive(Debug)]
+pub struct Metadata {
+    /// The route's cluster's metadata (`xds.cluster_metadata`).
+    pub cluster: Value,
+    /// The stream's dynamic metadata (`metadata`).
+    pub dynamic: Value,
+    /// The upstream host's metadata (`xds.upstream_host_metadata`), where Envoy has chosen one.
+    pub host: Value,
+    /// Gloo's `string_delimiter`: what separates the parts of a metadata key (default `.`).
+    pub delimiter: char,
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Metadata { cluster: Value::Null, dynamic: Value::Null, host: Value::Null, delimiter: '.' }
+    }
 }
 
 /// The templates of one transformation, parsed.

@@ -241,6 +241,7 @@ impl TemplateTransformation {
             env: self.env.clone(),
             data_sources: self.data_sources.clone(),
             randoms: Default::default(),
+            metadata: Default::default(),
         };
 
         // The body first (headers see the original body), as Gloo does; it replaces the old one at the end.
