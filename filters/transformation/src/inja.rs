@@ -1,23 +1,31 @@
 //! Gloo's inja template language, parsed once (at configure time) into a tree that `template.rs` renders.
 //!
 //! We parse inja ourselves instead of running a Jinja engine: the language is small, and a general engine was a
-//! third of transformation.wasm and most of a header template's cost per request. What is understood:
-//! - text, `{{ expression }}`, `{% statement %}`, `{# comment #}`, whitespace control (`{{-`, `-}}`, `{%-`, `-%}`)
-//!   and line statements (a line starting with `##`, after optional whitespace, is a statement; the whole line,
-//!   its newline included, is replaced by it);
+//! third of transformation.wasm and most of a header template's cost per request. The reference is inja v3.4.0 as
+//! solo-io patched it for envoy-gloo, in the configuration Gloo gives it (no `trim_blocks`, no `lstrip_blocks`, no
+//! template files). What is understood:
+//! - text, `{{ expression }}`, `{% statement %}`, `{# comment #}` and line statements (`##` at the very start of a
+//!   line: the rest of the line, its newline included, is a statement);
+//! - whitespace control as inja does it: `-}}` and `-%}` drop all the whitespace after them (newlines included),
+//!   `-#}` the spaces and tabs after it and one newline; `{{-`, `{%-` and `{#-` drop the spaces and tabs before
+//!   them when nothing else stands between them and the start of their line;
 //! - statements `if` / `else if` / `else` / `endif`, `for x in xs` / `for k, v in object` / `endfor`,
-//!   `set name = expression`, `raw` / `endraw`;
+//!   `set name = expression` (a dotted name sets a field, creating the objects on its way), `raw` / `endraw`;
 //! - expressions: `null`, `true`, `false`, numbers, strings (`"..."` or `'...'`, JSON escapes), arrays `[..]`,
-//!   objects `{"k": v}`, variables, function calls, `.name` and `[index]` after any value, `loop.index` (from 0),
-//!   `loop.index1`, `loop.is_first`, `loop.is_last`, and the operators `or`, `and`, `not`, `==`, `!=`, `<`, `<=`,
-//!   `>`, `>=`, `in`, `+`, `-`, `*`, `/`, `%`, `^` with inja's precedence.
+//!   objects `{"k": v}`, variables, function calls, `.name` and `[index]` after any value, `loop` (`index` from 0,
+//!   `index1`, `is_first`, `is_last`, `parent`), and the operators `or`, `and`, `not`, `==`, `!=`, `<`, `<=`, `>`,
+//!   `>=`, `in`, `+`, `-`, `*`, `/`, `%`, `^` with inja's precedence;
+//! - a name that is neither set nor in the data but names a function without arguments calls it, as in inja
+//!   (`{{ body }}`, `{{ context }}`).
 //!
-//! Variable names are inja's: they may contain `-`, `.` and `/` (`{{ my-extractor }}`, `{{ a.b.0 }}`). A name is
-//! a path: its first part names a variable (a `set` or loop variable, else a field of the JSON context) and the
-//! other parts go down into it. Parts are separated by `.`, or by `/` with Gloo's `advanced_templates`
-//! (`pointer_notation`), where `.` is an ordinary name character.
+//! Names are inja's: they start with a letter, `_`, `@`, `$` or `~` and may contain `-`, `.` and `/`
+//! (`{{ my-extractor }}`, `{{ a.b.0 }}`). A name is a JSON pointer: its first part names a variable (a `set` or
+//! loop variable, else a field of the JSON context) and the other parts go down into it. Parts are separated by
+//! `.` or `/`; with Gloo's `advanced_templates` (`pointer_notation`) only by `/`, `.` is an ordinary character
+//! and `~0` / `~1` stand for `~` / `/`.
+//!
+//! Positions are byte offsets into the template; errors give them as inja does, `line:column` from 1:1.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 
 use serde_json::Value;
@@ -28,18 +36,22 @@ pub struct Template {
     pub nodes: Vec<Node>,
     /// Names the template reads that it does not define itself: functions called and first parts of paths.
     pub undeclared: HashSet<String>,
+    /// The template's text, for the line and column of render errors.
+    pub source: String,
 }
 
+/// A node of the tree; `pos` is where its expression starts (what render errors point at).
 #[derive(Debug)]
 pub enum Node {
     Text(String),
-    Print { expr: Expr, line: u32 },
-    If { branches: Vec<(Expr, Vec<Node>)>, otherwise: Vec<Node>, line: u32 },
-    For { key: Option<String>, value: String, iterable: Expr, body: Vec<Node>, line: u32 },
-    Set { name: String, expr: Expr, line: u32 },
+    Print { expr: Expr, pos: usize },
+    If { branches: Vec<(Expr, Vec<Node>)>, otherwise: Vec<Node>, pos: usize },
+    For { key: Option<String>, value: String, iterable: Expr, body: Vec<Node>, pos: usize },
+    Set { name: String, steps: Vec<Step>, expr: Expr, pos: usize },
 }
 
-/// One step down a path: an object key, or an array index when the part is a number.
+/// One step down a path: an object key, or an array index when the part is one (`0`, or digits not starting with
+/// `0`, as JSON pointers have them).
 #[derive(Debug)]
 pub struct Step {
     pub key: String,
@@ -47,19 +59,11 @@ pub struct Step {
 }
 
 impl Step {
-    /// A path part: an array index too when it is a number (`items.0`).
     pub fn key(key: &str) -> Self {
-        let index = if key.bytes().all(|b| b.is_ascii_digit()) { key.parse().ok() } else { None };
+        let digits = !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit());
+        let index = if digits && (key == "0" || !key.starts_with('0')) { key.parse().ok() } else { None };
         Step { key: key.to_string(), index }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoopField {
-    Index,
-    Index1,
-    IsFirst,
-    IsLast,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,100 +90,106 @@ pub enum Expr {
     Literal(Value),
     Array(Vec<Expr>),
     Object(Vec<(String, Expr)>),
-    /// A variable and the steps down into it.
+    /// A variable and the steps down into it; `call` is the function without arguments of the same name, called
+    /// when the name is not found (as inja does).
     Path {
         name: String,
         steps: Vec<Step>,
+        written: String,
+        call: Option<usize>,
+        pos: usize,
     },
-    Loop(LoopField),
     /// `function` is the index the resolver gave.
     Call {
         function: usize,
         args: Vec<Expr>,
+        pos: usize,
     },
     Attr(Box<Expr>, Vec<Step>),
     Index(Box<Expr>, Box<Expr>),
     Not(Box<Expr>),
-    Neg(Box<Expr>),
-    Binary(BinaryOp, Box<Expr>, Box<Expr>),
+    Neg(Box<Expr>, usize),
+    Binary {
+        op: BinaryOp,
+        left: Box<Expr>,
+        right: Box<Expr>,
+        pos: usize,
+    },
 }
 
 /// What the parser needs to know of a function: its index and how many arguments it takes (min, max).
 pub type Resolver<'r> = &'r dyn Fn(&str) -> Option<(usize, usize, usize)>;
 
-/// Parses the template `name` (what errors call it). The error is `syntax error: <what> (in <name>:<line>)`.
+/// Parses the template `name` (what errors call it). The error is
+/// `syntax error: [inja.exception.parser_error] (at <line>:<column>) <what> (in <name>)`.
 pub fn parse(name: &str, source: &str, pointer_notation: bool, functions: Resolver<'_>) -> Result<Template, String> {
-    parse_source(source, pointer_notation, functions)
-        .map_err(|e| format!("syntax error: {} (in {name}:{})", e.message, e.line))
+    parse_source(source, pointer_notation, functions).map_err(|e| {
+        let (line, column) = line_column(source, e.pos);
+        format!("syntax error: [inja.exception.parser_error] (at {line}:{column}) {} (in {name})", e.message)
+    })
+}
+
+/// inja's position of a byte offset: line and column from 1, the column counted in bytes.
+pub fn line_column(source: &str, pos: usize) -> (usize, usize) {
+    let before = source.as_bytes().get(..pos).unwrap_or(source.as_bytes());
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = before.len() - before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
 }
 
 fn parse_source(source: &str, pointer_notation: bool, functions: Resolver<'_>) -> Result<Template, SyntaxError> {
-    let source = line_statements(source);
     let mut parser = Parser {
-        source: &source,
+        source,
         pos: 0,
-        line: 1,
-        counted_to: 0,
-        trim_next: false,
+        trim_next: Trim::None,
         pointer_notation,
         functions,
         depth: 0,
+        loops: 0,
         undeclared: HashSet::new(),
         declared: HashSet::new(),
     };
     let (nodes, end) = parser.block()?;
     match end {
-        None => Ok(Template { nodes, undeclared: parser.undeclared }),
-        Some((end, line)) => Err(syntax(&format!("unexpected {{% {} %}}", end.keyword()), line)),
+        None => Ok(Template { nodes, undeclared: parser.undeclared, source: source.to_string() }),
+        Some((end, pos)) => Err(syntax(&format!("{} without matching {}", end.keyword(), end.opener()), pos)),
     }
 }
 
 #[derive(Debug)]
 struct SyntaxError {
     message: String,
-    line: u32,
+    pos: usize,
 }
 
-fn syntax(message: &str, line: u32) -> SyntaxError {
-    SyntaxError { message: message.to_string(), line }
-}
-
-/// Turns inja's `## statement` lines (`##` at the start of the line) into `{% statement %}` blocks, without the
-/// line's newline.
-fn line_statements(source: &str) -> Cow<'_, str> {
-    if !source.contains("##") {
-        return Cow::Borrowed(source);
-    }
-    let mut out = String::with_capacity(source.len());
-    for line in source.split_inclusive('\n') {
-        match line.strip_prefix("##") {
-            Some(statement) => {
-                out.push_str("{% ");
-                out.push_str(statement.trim());
-                out.push_str(" %}");
-            }
-            None => out.push_str(line),
-        }
-    }
-    Cow::Owned(out)
+fn syntax(message: &str, pos: usize) -> SyntaxError {
+    SyntaxError { message: message.to_string(), pos }
 }
 
 /// How deep blocks, and brackets and operators in an expression, may nest: the parser and the renderer recurse,
 /// and a configuration must not be able to overflow the VM's stack.
 const MAX_DEPTH: usize = 64;
 
+/// What a closing tag asked of the text after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trim {
+    None,
+    /// `-}}`, `-%}`: all spaces, tabs and newlines.
+    All,
+    /// `-#}`: spaces and tabs, then one newline.
+    Line,
+}
+
 struct Parser<'s, 'r> {
     source: &'s str,
     pos: usize,
-    /// The line at `counted_to` (tags are met in order, so lines are counted once).
-    line: u32,
-    counted_to: usize,
-    /// A `-}}` / `-%}` / `-#}` asked to drop the spaces and first newline at the start of the next text.
-    trim_next: bool,
+    trim_next: Trim,
     pointer_notation: bool,
     functions: Resolver<'r>,
     /// Blocks open around the current position.
     depth: usize,
+    /// `for` blocks open around the current position (where `loop` is the loop's, not a name to look up).
+    loops: usize,
     undeclared: HashSet<String>,
     declared: HashSet<String>,
 }
@@ -201,23 +211,32 @@ impl BlockEnd {
             BlockEnd::EndFor => "endfor",
         }
     }
+
+    fn opener(&self) -> &'static str {
+        match self {
+            BlockEnd::EndFor => "for",
+            _ => "if",
+        }
+    }
 }
 
-/// The nodes of a block and the statement that ended it (with its line), if one did.
-type Block = (Vec<Node>, Option<(BlockEnd, u32)>);
+/// The nodes of a block and the statement that ended it (with its position), if one did.
+type Block = (Vec<Node>, Option<(BlockEnd, usize)>);
+
+/// The kinds of tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Expression,
+    Statement,
+    Comment,
+    Line,
+}
 
 impl Parser<'_, '_> {
-    fn line_at(&mut self, pos: usize) -> u32 {
-        let skipped = self.source.get(self.counted_to..pos).unwrap_or_default();
-        self.line += skipped.bytes().filter(|&b| b == b'\n').count() as u32;
-        self.counted_to = self.counted_to.max(pos);
-        self.line
-    }
-
     /// A nested block, within `MAX_DEPTH`.
-    fn nested_block(&mut self, line: u32) -> Result<Block, SyntaxError> {
+    fn nested_block(&mut self, pos: usize) -> Result<Block, SyntaxError> {
         if self.depth >= MAX_DEPTH {
-            return Err(syntax("blocks nested too deeply", line));
+            return Err(syntax("blocks nested too deeply", pos));
         }
         self.depth += 1;
         let result = self.block();
@@ -230,62 +249,76 @@ impl Parser<'_, '_> {
         let mut nodes = Vec::new();
         loop {
             let rest = self.source.get(self.pos..).unwrap_or_default();
-            let Some(open) = find_open(rest) else {
+            let at_line_start = self.pos == 0 || self.source.as_bytes().get(self.pos - 1) == Some(&b'\n');
+            let Some((open, tag)) = find_open(rest, at_line_start) else {
                 self.push_text(&mut nodes, rest, false);
                 self.pos = self.source.len();
                 return Ok((nodes, None));
             };
-            let tag = rest.get(open..open + 2).unwrap_or_default();
-            let code_start = self.pos + open + 2;
+            let tag_pos = self.pos + open;
+            let code_start = tag_pos + 2;
             let after_open = self.source.get(code_start..).unwrap_or_default();
-            let trim_before = after_open.starts_with('-');
-            self.push_text(&mut nodes, rest.get(..open).unwrap_or_default(), trim_before);
-            let line = self.line_at(self.pos + open);
-            if tag == "{#" {
-                let end = after_open.find("#}").ok_or_else(|| syntax("unclosed comment", line))?;
-                self.trim_next = after_open.get(..end).is_some_and(|c| c.ends_with('-'));
-                self.pos = code_start + end + 2;
-                continue;
-            }
-            let close = if tag == "{{" { "}}" } else { "%}" };
-            let end = find_close(after_open, close)
-                .ok_or_else(|| syntax(&format!("unexpected end of template, expected {close}"), line))?;
-            let code = after_open.get(..end).unwrap_or_default();
-            self.trim_next = code.ends_with('-');
-            let code = code.strip_prefix(['-', '+']).unwrap_or(code);
-            let code = code.strip_suffix(['-', '+']).unwrap_or(code);
-            self.pos = code_start + end + close.len();
-            if tag == "{%" && code.trim() == "raw" {
-                let rest = self.source.get(self.pos..).unwrap_or_default();
-                let (text, length) = raw_block(rest).ok_or_else(|| syntax("`raw` without `endraw`", line))?;
-                if !text.is_empty() {
-                    nodes.push(Node::Text(text.to_string()));
+            let lstrip = tag != Tag::Line && after_open.starts_with('-');
+            self.push_text(&mut nodes, rest.get(..open).unwrap_or_default(), lstrip);
+            let (code, code_pos) = match tag {
+                Tag::Comment => {
+                    let end =
+                        after_open.find("#}").ok_or_else(|| syntax("expected comment close, got 'eof'", tag_pos))?;
+                    self.trim_next =
+                        if after_open.get(..end).is_some_and(|c| c.ends_with('-')) { Trim::Line } else { Trim::None };
+                    self.pos = code_start + end + 2;
+                    continue;
                 }
-                self.pos += length;
-                self.trim_next = false;
+                Tag::Line => {
+                    let end = after_open.find('\n').unwrap_or(after_open.len());
+                    self.pos = (code_start + end + 1).min(self.source.len());
+                    (after_open.get(..end).unwrap_or_default(), code_start)
+                }
+                Tag::Expression | Tag::Statement => {
+                    let close = if tag == Tag::Expression { "}}" } else { "%}" };
+                    let end = find_close(after_open, close).ok_or_else(|| {
+                        syntax(&format!("expected {} close, got 'eof'", tag.describe()), self.source.len())
+                    })?;
+                    let code = after_open.get(..end).unwrap_or_default();
+                    self.trim_next = if code.ends_with('-') { Trim::All } else { Trim::None };
+                    self.pos = code_start + end + close.len();
+                    let code = code.strip_suffix('-').unwrap_or(code);
+                    let opening = if tag == Tag::Statement { ['-', '+'].as_slice() } else { ['-'].as_slice() };
+                    match code.strip_prefix(opening) {
+                        Some(stripped) => (stripped, code_start + 1),
+                        None => (code, code_start),
+                    }
+                }
+            };
+            if tag == Tag::Expression {
+                let tokens = tokenize(code, code_pos, self.pointer_notation)?;
+                let pos = tokens.first().map_or(code_pos, |t| t.1);
+                if tokens.is_empty() {
+                    return Err(syntax("empty expression", pos));
+                }
+                let expr = self.expression(tokens, pos)?;
+                nodes.push(Node::Print { expr, pos });
                 continue;
             }
-            if tag == "{{" {
-                let expr = self.expression(code, line)?;
-                nodes.push(Node::Print { expr, line });
-                continue;
-            }
-            if let Some(end) = self.statement(code, line, &mut nodes)? {
-                return Ok((nodes, Some((end, line))));
+            if let Some(end) = self.statement(code, code_pos, &mut nodes)? {
+                return Ok((nodes, Some(end)));
             }
         }
     }
 
-    /// Adds text, trimmed as inja does for whitespace control: a closing `-}}` before it drops its leading spaces
-    /// and tabs and one newline; an opening `{{-` after it drops the spaces and tabs that end it when they stand
-    /// alone on their line.
-    fn push_text(&mut self, nodes: &mut Vec<Node>, text: &str, trim_end: bool) {
+    /// Adds text, trimmed as the tag before it asked (`trim_next`) and, when the tag after it opens with `-`
+    /// (`lstrip`), without the spaces and tabs that end it if they are all its last line has.
+    fn push_text(&mut self, nodes: &mut Vec<Node>, text: &str, lstrip: bool) {
         let mut text = text;
-        if std::mem::take(&mut self.trim_next) {
-            let rest = text.trim_start_matches([' ', '\t']);
-            text = rest.strip_prefix("\r\n").or_else(|| rest.strip_prefix(['\n', '\r'])).unwrap_or(rest);
+        match std::mem::replace(&mut self.trim_next, Trim::None) {
+            Trim::None => {}
+            Trim::All => text = text.trim_start_matches([' ', '\t', '\n', '\r']),
+            Trim::Line => {
+                let rest = text.trim_start_matches([' ', '\t']);
+                text = rest.strip_prefix("\r\n").or_else(|| rest.strip_prefix(['\n', '\r'])).unwrap_or(rest);
+            }
         }
-        if trim_end {
+        if lstrip {
             let trimmed = text.trim_end_matches([' ', '\t']);
             if trimmed.is_empty() || trimmed.ends_with(['\n', '\r']) {
                 text = trimmed;
@@ -296,101 +329,233 @@ impl Parser<'_, '_> {
         }
     }
 
-    /// Parses one statement; statements that end a block are returned instead.
-    fn statement(&mut self, code: &str, line: u32, nodes: &mut Vec<Node>) -> Result<Option<BlockEnd>, SyntaxError> {
-        let code = code.trim();
-        // The keyword needs no space after it: `{% if(x) %}`.
-        let (keyword, rest) = code.split_at(code.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(code.len()));
-        let rest = rest.trim();
-        match keyword {
+    /// Parses one statement; statements that end a block are returned instead, with their position.
+    fn statement(
+        &mut self,
+        code: &str,
+        code_pos: usize,
+        nodes: &mut Vec<Node>,
+    ) -> Result<Option<(BlockEnd, usize)>, SyntaxError> {
+        let mut tokens = tokenize(code, code_pos, self.pointer_notation)?.into_iter().peekable();
+        let Some((Token::Name(keyword), pos)) = tokens.next() else {
+            let (found, pos) = tokens_start(code, code_pos);
+            return Err(syntax(&format!("expected statement, got '{found}'"), pos));
+        };
+        let rest: Vec<(Token, usize)> = tokens.collect();
+        let rest_pos = rest.first().map_or(code_pos + code.len(), |t| t.1);
+        let ends = |end: BlockEnd, rest: &[(Token, usize)]| match rest.first() {
+            None => Ok(Some((end, pos))),
+            Some((token, at)) => Err(syntax(&format!("expected statement close, got {token}"), *at)),
+        };
+        match keyword.as_str() {
             "if" => {
-                let node = self.if_chain(rest, line)?;
+                let condition = self.expression(rest, rest_pos)?;
+                let node = self.if_chain(condition, rest_pos)?;
                 nodes.push(node);
                 Ok(None)
             }
             "for" => {
-                let (vars, iterable) =
-                    split_at_word(rest, "in").ok_or_else(|| syntax("expected `for x in ...`", line))?;
-                let mut names = vars.split(',').map(str::trim);
-                let first = names.next().unwrap_or_default();
-                let second = names.next();
-                if names.next().is_some() || !is_name(first) || second.is_some_and(|s| !is_name(s)) {
-                    return Err(syntax(&format!("invalid loop variables `{vars}`"), line));
+                let mut names = Vec::new();
+                let mut rest = rest.into_iter();
+                loop {
+                    match rest.next() {
+                        Some((Token::Name(name), _)) if is_name(&name) => names.push(name),
+                        Some((token, at)) => return Err(syntax(&format!("expected id, got {token}"), at)),
+                        None => return Err(syntax("expected id, got 'eof'", rest_pos)),
+                    }
+                    match rest.next() {
+                        Some((Token::Symbol(","), _)) if names.len() == 1 => continue,
+                        Some((Token::Name(word), _)) if word == "in" => break,
+                        Some((token, at)) => return Err(syntax(&format!("expected 'in', got {token}"), at)),
+                        None => return Err(syntax("expected 'in', got 'eof'", rest_pos)),
+                    }
                 }
-                let iterable = self.expression(iterable, line)?;
-                for name in [Some(first), second].into_iter().flatten() {
-                    self.declared.insert(name.to_string());
+                let iterable: Vec<(Token, usize)> = rest.collect();
+                let iterable_pos = iterable.first().map_or(rest_pos, |t| t.1);
+                let iterable = self.expression(iterable, iterable_pos)?;
+                let mut names = names.into_iter();
+                let (first, second) = (names.next().unwrap_or_default(), names.next());
+                for name in [Some(&first), second.as_ref()].into_iter().flatten() {
+                    self.declared.insert(name.clone());
                 }
-                let (body, end) = self.nested_block(line)?;
-                if !matches!(end, Some((BlockEnd::EndFor, _))) {
-                    return Err(syntax("`for` without `endfor`", line));
+                self.loops += 1;
+                let block = self.nested_block(pos);
+                self.loops -= 1;
+                let (body, end) = block?;
+                match end {
+                    Some((BlockEnd::EndFor, _)) => {}
+                    Some((end, at)) => {
+                        return Err(syntax(&format!("{} without matching {}", end.keyword(), end.opener()), at))
+                    }
+                    None => return Err(syntax("unmatched for", self.source.len())),
                 }
                 let (key, value) = match second {
-                    Some(value) => (Some(first.to_string()), value.to_string()),
-                    None => (None, first.to_string()),
+                    Some(value) => (Some(first), value),
+                    None => (None, first),
                 };
-                nodes.push(Node::For { key, value, iterable, body, line });
+                nodes.push(Node::For { key, value, iterable, body, pos: iterable_pos });
                 Ok(None)
             }
             "set" => {
-                let (name, value) = rest.split_once('=').ok_or_else(|| syntax("expected `set name = ...`", line))?;
-                let name = name.trim();
-                if !is_name(name) {
-                    return Err(syntax(&format!("cannot set `{name}`"), line));
+                let mut rest = rest.into_iter();
+                let name = match rest.next() {
+                    Some((Token::Name(name), _)) => name,
+                    Some((token, at)) => return Err(syntax(&format!("expected variable name, got {token}"), at)),
+                    None => return Err(syntax("expected variable name, got 'eof'", rest_pos)),
+                };
+                match rest.next() {
+                    Some((Token::Symbol("="), _)) => {}
+                    Some((token, at)) => return Err(syntax(&format!("expected '=', got {token}"), at)),
+                    None => return Err(syntax("expected '=', got 'eof'", rest_pos)),
                 }
-                let expr = self.expression(value, line)?;
-                self.declared.insert(name.to_string());
-                nodes.push(Node::Set { name: name.to_string(), expr, line });
+                let value: Vec<(Token, usize)> = rest.collect();
+                let value_pos = value.first().map_or(rest_pos, |t| t.1);
+                let expr = self.expression(value, value_pos)?;
+                let (root, steps) = self.split_path(&name, rest_pos)?;
+                if root.is_empty() {
+                    return Err(syntax(&format!("cannot set '{name}'"), rest_pos));
+                }
+                self.declared.insert(root.clone());
+                nodes.push(Node::Set { name: root, steps, expr, pos: value_pos });
                 Ok(None)
             }
-            "else" if rest.is_empty() => Ok(Some(BlockEnd::Else)),
-            "else" => match rest.strip_prefix("if").filter(|c| !c.starts_with(|c: char| c.is_ascii_alphanumeric())) {
-                Some(condition) => Ok(Some(BlockEnd::ElseIf(self.expression(condition, line)?))),
-                None => Err(syntax(&format!("unknown statement `{code}`"), line)),
+            "else" => match rest.split_first() {
+                None => Ok(Some((BlockEnd::Else, pos))),
+                Some(((Token::Name(word), at), condition)) if word == "if" => {
+                    let condition_pos = condition.first().map_or(*at, |t| t.1);
+                    let condition = self.expression(condition.to_vec(), condition_pos)?;
+                    Ok(Some((BlockEnd::ElseIf(condition), pos)))
+                }
+                Some(((token, at), _)) => Err(syntax(&format!("expected statement close, got {token}"), *at)),
             },
-            "endif" if rest.is_empty() => Ok(Some(BlockEnd::EndIf)),
-            "endfor" if rest.is_empty() => Ok(Some(BlockEnd::EndFor)),
-            _ => Err(syntax(&format!("unknown statement `{code}`"), line)),
+            "endif" => ends(BlockEnd::EndIf, &rest),
+            "endfor" => ends(BlockEnd::EndFor, &rest),
+            "raw" if rest.is_empty() => {
+                let rest = self.source.get(self.pos..).unwrap_or_default();
+                let (text, length) = raw_block(rest).ok_or_else(|| syntax("raw without matching endraw", pos))?;
+                if !text.is_empty() {
+                    nodes.push(Node::Text(text.to_string()));
+                }
+                self.pos += length;
+                self.trim_next = Trim::None;
+                Ok(None)
+            }
+            "include" | "extends" | "block" | "endblock" => Err(syntax(
+                &format!("'{keyword}' is not supported: Gloo's templates are single, with no files or blocks"),
+                pos,
+            )),
+            _ => Err(syntax(&format!("expected statement, got '{keyword}'"), pos)),
         }
     }
 
-    fn if_chain(&mut self, condition: &str, line: u32) -> Result<Node, SyntaxError> {
+    fn if_chain(&mut self, condition: Expr, pos: usize) -> Result<Node, SyntaxError> {
         let mut branches = Vec::new();
-        let mut condition = self.expression(condition, line)?;
+        let mut condition = condition;
         loop {
-            let (body, end) = self.nested_block(line)?;
+            let (body, end) = self.nested_block(pos)?;
             branches.push((condition, body));
             match end {
                 Some((BlockEnd::ElseIf(next), _)) => condition = next,
                 Some((BlockEnd::Else, _)) => {
-                    let (otherwise, end) = self.nested_block(line)?;
+                    let (otherwise, end) = self.nested_block(pos)?;
                     return match end {
-                        Some((BlockEnd::EndIf, _)) => Ok(Node::If { branches, otherwise, line }),
-                        _ => Err(syntax("`if` without `endif`", line)),
+                        Some((BlockEnd::EndIf, _)) => Ok(Node::If { branches, otherwise, pos }),
+                        Some((end, at)) => Err(syntax(&format!("{} after else", end.keyword()), at)),
+                        None => Err(syntax("unmatched if", self.source.len())),
                     };
                 }
-                Some((BlockEnd::EndIf, _)) => return Ok(Node::If { branches, otherwise: Vec::new(), line }),
-                _ => return Err(syntax("`if` without `endif`", line)),
+                Some((BlockEnd::EndIf, _)) => return Ok(Node::If { branches, otherwise: Vec::new(), pos }),
+                Some((BlockEnd::EndFor, at)) => return Err(syntax("endfor without matching for", at)),
+                None => return Err(syntax("unmatched if", self.source.len())),
             }
         }
     }
 
-    fn expression(&mut self, code: &str, line: u32) -> Result<Expr, SyntaxError> {
-        let tokens = tokenize(code, line)?;
-        let mut parser = ExprParser { tokens, next: 0, line, depth: 0, outer: self };
+    fn expression(&mut self, tokens: Vec<(Token, usize)>, pos: usize) -> Result<Expr, SyntaxError> {
+        if tokens.is_empty() {
+            return Err(syntax("empty expression", pos));
+        }
+        let mut parser = ExprParser { tokens, next: 0, end: pos, depth: 0, outer: self };
         let expr = parser.or()?;
         match parser.tokens.get(parser.next) {
             None => Ok(expr),
-            Some(token) => Err(syntax(&format!("unexpected {token} in `{}`", code.trim()), line)),
+            Some((token, at)) => Err(syntax(&format!("unexpected {token}"), *at)),
+        }
+    }
+
+    /// A name's first part and the steps after it: parts separated by `.` or `/`, or only by `/` with JSON
+    /// pointer escapes under `pointer_notation`.
+    fn split_path(&self, name: &str, pos: usize) -> Result<(String, Vec<Step>), SyntaxError> {
+        let mut parts = Vec::new();
+        if self.pointer_notation {
+            for part in name.split('/') {
+                parts.push(unescape_pointer(part).ok_or_else(|| syntax(&format!("invalid pointer '{name}'"), pos))?);
+            }
+        } else {
+            parts.extend(name.split(['.', '/']).map(str::to_string));
+        }
+        let mut parts = parts.into_iter();
+        let root = parts.next().unwrap_or_default();
+        Ok((root, parts.map(|p| Step::key(&p)).collect()))
+    }
+}
+
+impl Tag {
+    fn describe(self) -> &'static str {
+        match self {
+            Tag::Expression => "expression",
+            Tag::Statement => "statement",
+            Tag::Comment => "comment",
+            Tag::Line => "line statement",
         }
     }
 }
 
-/// The first `{{`, `{%` or `{#`.
-fn find_open(text: &str) -> Option<usize> {
+/// A JSON pointer part: `~1` is `/`, `~0` is `~`; any other `~` is invalid.
+fn unescape_pointer(part: &str) -> Option<String> {
+    if !part.contains('~') {
+        return Some(part.to_string());
+    }
+    let mut out = String::with_capacity(part.len());
+    let mut chars = part.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '~' => match chars.next()? {
+                '0' => out.push('~'),
+                '1' => out.push('/'),
+                _ => return None,
+            },
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// What a statement starts with, for an error: its first word or character.
+fn tokens_start(code: &str, code_pos: usize) -> (String, usize) {
+    let trimmed = code.trim_start();
+    let pos = code_pos + code.len() - trimmed.len();
+    match trimmed.split_whitespace().next() {
+        Some(word) => (word.to_string(), pos),
+        None => ("eof".to_string(), pos),
+    }
+}
+
+/// The first tag: `{{`, `{%`, `{#`, or `##` at the start of a line.
+fn find_open(text: &str, at_line_start: bool) -> Option<(usize, Tag)> {
     let bytes = text.as_bytes();
-    (0..bytes.len().saturating_sub(1))
-        .find(|&i| bytes.get(i) == Some(&b'{') && matches!(bytes.get(i + 1), Some(b'{') | Some(b'%') | Some(b'#')))
+    (0..bytes.len().saturating_sub(1)).find_map(|i| {
+        let tag = match (bytes.get(i), bytes.get(i + 1)) {
+            (Some(b'{'), Some(b'{')) => Tag::Expression,
+            (Some(b'{'), Some(b'%')) => Tag::Statement,
+            (Some(b'{'), Some(b'#')) => Tag::Comment,
+            (Some(b'#'), Some(b'#')) if (i == 0 && at_line_start) || (i > 0 && bytes.get(i - 1) == Some(&b'\n')) => {
+                Tag::Line
+            }
+            _ => return None,
+        };
+        Some((i, tag))
+    })
 }
 
 /// Where a tag's code ends: its closing delimiter outside string literals.
@@ -427,22 +592,10 @@ fn raw_block(rest: &str) -> Option<(&str, usize)> {
     }
 }
 
-/// `code` around the first `word` that stands alone (whitespace on both sides).
-fn split_at_word<'c>(code: &'c str, word: &str) -> Option<(&'c str, &'c str)> {
-    let mut from = 0;
-    loop {
-        let at = from + code.get(from..)?.find(word)?;
-        let (before, after) = (code.get(..at)?, code.get(at + word.len()..)?);
-        if before.ends_with(char::is_whitespace) && after.starts_with(char::is_whitespace) {
-            return Some((before, after));
-        }
-        from = at + word.len();
-    }
-}
-
+/// A loop variable's name: one part, no path.
 fn is_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '_' | '@' | '$'))
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -458,35 +611,42 @@ enum Token {
 impl std::fmt::Display for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Token::Int(n) => write!(f, "`{n}`"),
-            Token::Float(n) => write!(f, "`{n}`"),
-            Token::Str(s) => write!(f, "string {s:?}"),
-            Token::Name(n) => write!(f, "`{n}`"),
-            Token::Symbol(s) => write!(f, "`{s}`"),
+            Token::Int(n) => write!(f, "'{n}'"),
+            Token::Float(n) => write!(f, "'{n}'"),
+            Token::Str(s) => write!(f, "'{}'", Value::from(s.as_str())),
+            Token::Name(n) => write!(f, "'{n}'"),
+            Token::Symbol(s) => write!(f, "'{s}'"),
         }
     }
 }
 
-const SYMBOLS: [&str; 21] =
-    ["==", "!=", "<=", ">=", "(", ")", "[", "]", "{", "}", ",", ":", ".", "<", ">", "+", "-", "*", "/", "%", "^"];
+const SYMBOLS: [&str; 22] =
+    ["==", "!=", "<=", ">=", "=", "(", ")", "[", "]", "{", "}", ",", ":", ".", "<", ">", "+", "-", "*", "/", "%", "^"];
 
-fn tokenize(code: &str, line: u32) -> Result<Vec<Token>, SyntaxError> {
+/// The tokens of `code` with their positions (`base` is where `code` starts in the template).
+fn tokenize(code: &str, base: usize, pointer_notation: bool) -> Result<Vec<(Token, usize)>, SyntaxError> {
     let mut tokens = Vec::new();
     let mut rest = code;
     loop {
         rest = rest.trim_start();
+        let pos = base + code.len() - rest.len();
         let Some(c) = rest.chars().next() else { return Ok(tokens) };
-        if c.is_ascii_alphabetic() || c == '_' || c == '@' {
+        if c.is_ascii_alphabetic() || matches!(c, '_' | '@' | '$' | '~') {
             let end = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '@' | '-' | '.' | '/')))
-                .unwrap_or(rest.len());
+                .char_indices()
+                .skip(1)
+                .find(|&(_, c)| {
+                    !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/') || (pointer_notation && c == '~'))
+                })
+                .map_or(rest.len(), |(i, _)| i);
             // `a.b- 1`: a trailing `-`, `.` or `/` is an operator, not part of the name.
-            let name = rest.get(..end).unwrap_or_default().trim_end_matches(['-', '.', '/']);
-            tokens.push(Token::Name(name.to_string()));
+            let name = rest.get(..end).unwrap_or_default();
+            let name = name.get(..1).unwrap_or_default().to_string()
+                + name.get(1..).unwrap_or_default().trim_end_matches(['-', '.', '/']);
             rest = rest.get(name.len()..).unwrap_or_default();
+            tokens.push((Token::Name(name), pos));
         } else if c.is_ascii_digit() {
-            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-            let mut end = end;
+            let mut end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
             // An exponent: `1e3`, `2.5E-2`.
             if let Some(exp) = rest.get(end..).filter(|r| r.starts_with(['e', 'E'])) {
                 let digits = exp.get(1..).unwrap_or_default();
@@ -499,23 +659,25 @@ fn tokenize(code: &str, line: u32) -> Result<Vec<Token>, SyntaxError> {
             let text = rest.get(..end).unwrap_or_default();
             let token = match text.parse::<i64>() {
                 Ok(n) => Token::Int(n),
-                Err(_) => Token::Float(text.parse().map_err(|_| syntax(&format!("invalid number `{text}`"), line))?),
+                Err(_) => match text.parse::<f64>() {
+                    Ok(f) if f.is_finite() => Token::Float(f),
+                    _ => return Err(syntax(&format!("invalid number '{text}'"), pos)),
+                },
             };
-            tokens.push(token);
+            tokens.push((token, pos));
             rest = rest.get(end..).unwrap_or_default();
         } else if c == '"' || c == '\'' {
-            let (text, len) = string_literal(rest).ok_or_else(|| syntax("invalid or unterminated string", line))?;
-            tokens.push(Token::Str(text));
+            let (text, len) = string_literal(rest).ok_or_else(|| syntax("invalid or unterminated string", pos))?;
+            tokens.push((Token::Str(text), pos));
             rest = rest.get(len..).unwrap_or_default();
         } else if let Some(symbol) = SYMBOLS.iter().find(|s| rest.starts_with(**s)) {
-            tokens.push(Token::Symbol(symbol));
+            tokens.push((Token::Symbol(symbol), pos));
             rest = rest.get(symbol.len()..).unwrap_or_default();
         } else {
-            return Err(syntax(&format!("unexpected character `{c}`"), line));
+            return Err(syntax(&format!("unexpected character '{c}'"), pos));
         }
     }
 }
-
 /// A quoted string at the start of `code`: its value and its length in the code. JSON's escapes; another
 /// escaped character stands for itself with its backslash; a `\u` escape that is not four hex digits, or a missing
 /// closing quote, is `None`.
@@ -576,9 +738,10 @@ fn hex4(chars: &mut std::str::CharIndices<'_>) -> Option<u32> {
 }
 
 struct ExprParser<'p, 's, 'r> {
-    tokens: Vec<Token>,
+    tokens: Vec<(Token, usize)>,
     next: usize,
-    line: u32,
+    /// Where the expression ends, for errors there.
+    end: usize,
     /// Brackets and prefix operators open around the current token.
     depth: usize,
     outer: &'p mut Parser<'s, 'r>,
@@ -586,7 +749,12 @@ struct ExprParser<'p, 's, 'r> {
 
 impl ExprParser<'_, '_, '_> {
     fn peek(&self) -> Option<&Token> {
-        self.tokens.get(self.next)
+        self.tokens.get(self.next).map(|t| &t.0)
+    }
+
+    /// Where the next token is (the end when there is none).
+    fn here(&self) -> usize {
+        self.tokens.get(self.next).map_or(self.end, |t| t.1)
     }
 
     fn eat_symbol(&mut self, symbol: &str) -> bool {
@@ -605,19 +773,19 @@ impl ExprParser<'_, '_, '_> {
         found
     }
 
-    fn expect(&mut self, symbol: &str) -> Result<(), SyntaxError> {
+    fn expect(&mut self, symbol: &str, what: &str) -> Result<(), SyntaxError> {
         if self.eat_symbol(symbol) {
             return Ok(());
         }
-        let found = self.peek().map_or("the end".to_string(), |t| t.to_string());
-        Err(syntax(&format!("expected `{symbol}`, found {found}"), self.line))
+        let found = self.peek().map_or("'eof'".to_string(), |t| t.to_string());
+        Err(syntax(&format!("expected {what}, got {found}"), self.here()))
     }
 
     /// One nesting level deeper, within `MAX_DEPTH`.
     fn deeper(&mut self) -> Result<(), SyntaxError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(syntax("expression nested too deeply", self.line));
+            return Err(syntax("expression nested too deeply", self.here()));
         }
         Ok(())
     }
@@ -630,10 +798,6 @@ impl ExprParser<'_, '_, '_> {
         result
     }
 
-    fn binary(op: BinaryOp, left: Expr, right: Expr) -> Expr {
-        Expr::Binary(op, Box::new(left), Box::new(right))
-    }
-
     /// One left-associative precedence level: `next (operator next)*`. A chain of operators builds a tree as
     /// deep as it is long, so each operator counts toward `MAX_DEPTH`.
     fn level(
@@ -644,9 +808,11 @@ impl ExprParser<'_, '_, '_> {
         let depth = self.depth;
         let mut left = next(self)?;
         while let Some(op) = self.peek().and_then(operator) {
+            let pos = self.here();
             self.next += 1;
             self.deeper()?;
-            left = Self::binary(op, left, next(self)?);
+            let right = next(self)?;
+            left = Expr::Binary { op, left: Box::new(left), right: Box::new(right), pos };
         }
         self.depth = depth;
         Ok(left)
@@ -701,15 +867,18 @@ impl ExprParser<'_, '_, '_> {
 
     fn power(&mut self) -> Result<Expr, SyntaxError> {
         let base = self.unary()?;
+        let pos = self.here();
         if self.eat_symbol("^") {
-            return Ok(Self::binary(BinaryOp::Pow, base, self.nested(Self::power)?));
+            let exponent = self.nested(Self::power)?;
+            return Ok(Expr::Binary { op: BinaryOp::Pow, left: Box::new(base), right: Box::new(exponent), pos });
         }
         Ok(base)
     }
 
     fn unary(&mut self) -> Result<Expr, SyntaxError> {
+        let pos = self.here();
         if self.eat_symbol("-") {
-            return Ok(Expr::Neg(Box::new(self.nested(Self::unary)?)));
+            return Ok(Expr::Neg(Box::new(self.nested(Self::unary)?), pos));
         }
         self.postfix()
     }
@@ -722,16 +891,19 @@ impl ExprParser<'_, '_, '_> {
                 self.deeper()?;
             }
             if self.eat_symbol(".") {
-                let name = match self.tokens.get(self.next) {
+                let name = match self.peek() {
                     Some(Token::Name(n)) => n.clone(),
                     Some(Token::Int(n)) => n.to_string(),
-                    _ => return Err(syntax("expected a name after `.`", self.line)),
+                    _ => return Err(syntax("expected a name after '.'", self.here())),
                 };
+                let pos = self.here();
                 self.next += 1;
-                expr = Expr::Attr(Box::new(expr), name.split('.').filter(|p| !p.is_empty()).map(Step::key).collect());
+                let (first, steps) = self.outer.split_path(&name, pos)?;
+                let steps = std::iter::once(Step::key(&first)).chain(steps).collect();
+                expr = Expr::Attr(Box::new(expr), steps);
             } else if self.eat_symbol("[") {
                 let index = self.nested(Self::or)?;
-                self.expect("]")?;
+                self.expect("]", "']'")?;
                 expr = Expr::Index(Box::new(expr), Box::new(index));
             } else {
                 self.depth = depth;
@@ -740,7 +912,7 @@ impl ExprParser<'_, '_, '_> {
         }
     }
 
-    fn list(&mut self, close: &str) -> Result<Vec<Expr>, SyntaxError> {
+    fn list(&mut self, close: &'static str) -> Result<Vec<Expr>, SyntaxError> {
         let mut items = Vec::new();
         if self.eat_symbol(close) {
             return Ok(items);
@@ -750,13 +922,14 @@ impl ExprParser<'_, '_, '_> {
             if self.eat_symbol(close) {
                 return Ok(items);
             }
-            self.expect(",")?;
+            self.expect(",", &format!("',' or '{close}'"))?;
         }
     }
 
     fn primary(&mut self) -> Result<Expr, SyntaxError> {
-        let Some(token) = self.tokens.get(self.next).cloned() else {
-            return Err(syntax("unexpected end of expression", self.line));
+        let pos = self.here();
+        let Some(token) = self.peek().cloned() else {
+            return Err(syntax("unexpected end of expression", pos));
         };
         self.next += 1;
         match token {
@@ -764,8 +937,11 @@ impl ExprParser<'_, '_, '_> {
             Token::Float(n) => Ok(Expr::Literal(Value::from(n))),
             Token::Str(s) => Ok(Expr::Literal(Value::String(s))),
             Token::Symbol("(") => {
+                if self.eat_symbol(")") {
+                    return Err(syntax("empty expression in parentheses", pos));
+                }
                 let inner = self.nested(Self::or)?;
-                self.expect(")")?;
+                self.expect(")", "right parenthesis")?;
                 Ok(inner)
             }
             Token::Symbol("[") => Ok(Expr::Array(self.list("]")?)),
@@ -775,53 +951,54 @@ impl ExprParser<'_, '_, '_> {
                     return Ok(Expr::Object(pairs));
                 }
                 loop {
-                    let Some(Token::Str(key)) = self.tokens.get(self.next).cloned() else {
-                        return Err(syntax("object keys must be strings", self.line));
+                    let Some(Token::Str(key)) = self.peek().cloned() else {
+                        return Err(syntax("object keys must be strings", self.here()));
                     };
                     self.next += 1;
-                    self.expect(":")?;
+                    self.expect(":", "':'")?;
                     pairs.push((key, self.nested(Self::or)?));
                     if self.eat_symbol("}") {
                         return Ok(Expr::Object(pairs));
                     }
-                    self.expect(",")?;
+                    self.expect(",", "',' or '}'")?;
                 }
             }
-            Token::Name(name) => self.name(name),
-            Token::Symbol(s) => Err(syntax(&format!("unexpected `{s}`"), self.line)),
+            Token::Name(name) => self.name(name, pos),
+            Token::Symbol(s) => Err(syntax(&format!("unexpected '{s}'"), pos)),
         }
     }
 
-    fn name(&mut self, name: String) -> Result<Expr, SyntaxError> {
+    fn name(&mut self, name: String, pos: usize) -> Result<Expr, SyntaxError> {
         match name.as_str() {
             "true" => return Ok(Expr::Literal(Value::Bool(true))),
             "false" => return Ok(Expr::Literal(Value::Bool(false))),
             "null" => return Ok(Expr::Literal(Value::Null)),
-            "loop.index" => return Ok(Expr::Loop(LoopField::Index)),
-            "loop.index1" => return Ok(Expr::Loop(LoopField::Index1)),
-            "loop.is_first" => return Ok(Expr::Loop(LoopField::IsFirst)),
-            "loop.is_last" => return Ok(Expr::Loop(LoopField::IsLast)),
             _ => {}
         }
         if self.eat_symbol("(") {
-            let (function, min, max) = (self.outer.functions)(&name)
-                .ok_or_else(|| syntax(&format!("unknown function `{name}`"), self.line))?;
             let args = self.list(")")?;
+            // inja reports a function it does not know at the closing parenthesis.
+            let close = self.tokens.get(self.next.saturating_sub(1)).map_or(pos, |t| t.1);
+            let (function, min, max) =
+                (self.outer.functions)(&name).ok_or_else(|| syntax(&format!("unknown function {name}"), close))?;
             if args.len() < min || args.len() > max {
                 let takes = if min == max { min.to_string() } else { format!("{min} to {max}") };
-                let message = format!("`{name}`: wrong number of arguments ({} given, takes {takes})", args.len());
-                return Err(syntax(&message, self.line));
+                let message = format!("unknown function {name} with {} arguments (it takes {takes})", args.len());
+                return Err(syntax(&message, close));
             }
             self.outer.undeclared.insert(name);
-            return Ok(Expr::Call { function, args });
+            return Ok(Expr::Call { function, args, pos });
         }
-        let separator = if self.outer.pointer_notation { '/' } else { '.' };
-        let mut parts = name.split(separator).filter(|p| !p.is_empty());
-        let root = parts.next().unwrap_or_default().to_string();
-        let steps = parts.map(Step::key).collect();
-        if !self.outer.declared.contains(&root) {
+        let (root, steps) = self.outer.split_path(&name, pos)?;
+        // A function without arguments answers for a name the data does not have.
+        let call = match (self.outer.functions)(&name) {
+            Some((function, 0, _)) => Some(function),
+            _ => None,
+        };
+        let is_loop = root == "loop" && self.outer.loops > 0;
+        if !is_loop && !self.outer.declared.contains(&root) {
             self.outer.undeclared.insert(root.clone());
         }
-        Ok(Expr::Path { name: root, steps })
+        Ok(Expr::Path { name: root, steps, written: name, call, pos })
     }
 }

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use serde_json::{Map, Value};
 
 use crate::functions::{resolve, DEFAULT, FUNCTIONS};
-use crate::inja::{self, BinaryOp, Expr, LoopField, Node, Step};
+use crate::inja::{self, BinaryOp, Expr, Node, Step};
 
 /// What one render reads: the message being transformed.
 #[derive(Debug, Default)]
@@ -75,7 +75,8 @@ impl Templates {
         Ok(())
     }
 
-    /// Renders the template `name` over `data`. The error names the template and line.
+    /// Renders the template `name` over `data`. The error is inja's, with its position, and names the template:
+    /// `[inja.exception.render_error] (at <line>:<column>) <what> (in <name>)`.
     pub fn render(&self, name: &str, data: &RenderData) -> Result<String, String> {
         let template = self.parsed.get(name).ok_or_else(|| format!("no template {name}"))?;
         // Templates without tags are their text.
@@ -91,9 +92,11 @@ impl Templates {
             work: Cell::new(0),
         };
         let mut out = String::new();
-        renderer
-            .nodes(&template.nodes, &mut out, 1)
-            .map_err(|(e, line)| format!("{} (in {name}:{line})", e.message))?;
+        renderer.nodes(&template.nodes, &mut out, 0).map_err(|e| {
+            let (line, column) = inja::line_column(&template.source, e.pos.unwrap_or(0));
+            let undefined = if e.undefined { "undefined; " } else { "" };
+            format!("[inja.exception.render_error] (at {line}:{column}) {} ({undefined}in {name})", e.message)
+        })?;
         Ok(out)
     }
 
@@ -103,19 +106,34 @@ impl Templates {
     }
 }
 
-/// A render error; `undefined` when a name or path was not found (which `default` catches).
+/// A render error; `undefined` when a name or path was not found (which `default` catches); `pos` where in the
+/// template (the innermost expression that knows its position sets it).
 #[derive(Debug)]
 pub(crate) struct Error {
     undefined: bool,
     message: String,
+    pos: Option<usize>,
 }
 
 pub(crate) fn invalid(message: impl Into<String>) -> Error {
-    Error { undefined: false, message: message.into() }
+    Error { undefined: false, message: message.into(), pos: None }
 }
 
-fn undefined(what: &str) -> Error {
-    Error { undefined: true, message: format!("{what} is undefined") }
+/// An element that is not there: undefined, as a name not found is.
+fn missing(message: String) -> Error {
+    Error { undefined: true, message, pos: None }
+}
+
+fn not_found(name: &str, pos: usize) -> Error {
+    Error { undefined: true, message: format!("variable '{name}' not found"), pos: Some(pos) }
+}
+
+/// Gives an error without a position the one of the expression it came from.
+fn at<T>(result: Result<T>, pos: usize) -> Result<T> {
+    result.map_err(|mut e| {
+        e.pos.get_or_insert(pos);
+        e
+    })
 }
 
 pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
@@ -146,57 +164,95 @@ const LOOP_ITERATION: usize = 16;
 const MAX_VALUE_DEPTH: usize = 128;
 
 impl<'a> Renderer<'a> {
-    /// Renders `nodes` into `out`; an error comes with its line (`block_line`, the enclosing statement's, for
-    /// text).
-    fn nodes(&mut self, nodes: &'a [Node], out: &mut String, block_line: u32) -> Result<(), (Error, u32)> {
+    /// Renders `nodes` into `out`; an error without a position gets `block_pos`, the enclosing statement's.
+    fn nodes(&mut self, nodes: &'a [Node], out: &mut String, block_pos: usize) -> Result<()> {
         for node in nodes {
             match node {
                 Node::Text(text) => {
-                    self.spend(text.len()).map_err(|e| (e, block_line))?;
+                    at(self.spend(text.len()), block_pos)?;
                     out.push_str(text);
                 }
-                Node::Print { expr, line } => {
-                    let value = self.eval(expr).map_err(|e| (e, *line))?;
+                Node::Print { expr, pos } => {
+                    let value = at(self.eval(expr), *pos)?;
                     let before = out.len();
                     print(out, &value, self.escape);
-                    self.spend(out.len() - before).map_err(|e| (e, *line))?;
+                    at(self.spend(out.len() - before), *pos)?;
                 }
-                Node::If { branches, otherwise, line } => {
+                Node::If { branches, otherwise, pos } => {
                     let mut chosen: &'a [Node] = otherwise;
                     for (condition, body) in branches {
-                        if truthy(&*self.eval(condition).map_err(|e| (e, *line))?) {
+                        if truthy(&*at(self.eval(condition), *pos)?) {
                             chosen = body;
                             break;
                         }
                     }
-                    self.nodes(chosen, out, *line)?;
+                    self.nodes(chosen, out, *pos)?;
                 }
-                Node::For { key, value, iterable, body, line } => {
-                    let iterable = self.eval(iterable).map_err(|e| (e, *line))?;
-                    let items = loop_items(iterable, key.is_some()).map_err(|e| (e, *line))?;
+                Node::For { key, value, iterable, body, pos } => {
+                    let iterable = at(self.eval(iterable), *pos)?;
+                    let items = at(loop_items(iterable, key.is_some()), *pos)?;
                     let length = items.len();
                     for (index, (item_key, item)) in items.into_iter().enumerate() {
-                        self.spend(LOOP_ITERATION).map_err(|e| (e, *line))?;
+                        at(self.spend(LOOP_ITERATION), *pos)?;
                         let mark = self.locals.len();
                         if let (Some(name), Some(item_key)) = (key, item_key) {
                             self.locals.push((name, item_key));
                         }
                         self.locals.push((value, item));
                         self.loops.push((index, length));
-                        let result = self.nodes(body, out, *line);
+                        let result = self.nodes(body, out, *pos);
                         self.loops.pop();
                         self.locals.truncate(mark);
                         result?;
                     }
                 }
-                Node::Set { name, expr, line } => {
-                    let value = self.eval(expr).map_err(|e| (e, *line))?;
-                    match self.globals.iter_mut().find(|(n, _)| n == name) {
-                        Some(slot) => slot.1 = value,
-                        None => self.globals.push((name, value)),
-                    }
+                Node::Set { name, steps, expr, pos } => {
+                    let value = at(self.eval(expr), *pos)?;
+                    at(self.set(name, steps, value), *pos)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `set name.steps = value`: a dotted name sets a field of an object, created where missing (as inja's JSON
+    /// pointer assignment does).
+    fn set(&mut self, name: &'a str, steps: &[Step], value: Cow<'a, Value>) -> Result<()> {
+        let index = match self.globals.iter().position(|(n, _)| *n == name) {
+            Some(index) => index,
+            None => {
+                self.globals.push((name, Cow::Owned(Value::Null)));
+                self.globals.len() - 1
+            }
+        };
+        let Some((_, slot)) = self.globals.get_mut(index) else { return Err(invalid("set")) };
+        if steps.is_empty() {
+            *slot = value;
+            return Ok(());
+        }
+        let mut node = slot.to_mut();
+        for step in steps {
+            if node.is_null() {
+                *node = Value::Object(Map::new());
+            }
+            node = match node {
+                Value::Object(map) => map.entry(step.key.clone()).or_insert(Value::Null),
+                Value::Array(items) => match step.index {
+                    Some(i) if i == items.len() => {
+                        items.push(Value::Null);
+                        items.last_mut().ok_or_else(|| invalid("set"))?
+                    }
+                    Some(i) => items.get_mut(i).ok_or_else(|| invalid(format!("cannot set element {i}")))?,
+                    None => return Err(invalid(format!("cannot set '{}' of an array", step.key))),
+                },
+                other => return Err(invalid(format!("cannot set '{}' of {}", step.key, kind(other)))),
+            };
+        }
+        *node = value.into_owned();
+        let (weight, depth) = measure(slot, MAX_WORK.saturating_sub(self.work.get()));
+        self.spend(weight)?;
+        if depth > MAX_VALUE_DEPTH {
+            return Err(invalid(format!("a value nested deeper than {MAX_VALUE_DEPTH} levels")));
         }
         Ok(())
     }
@@ -204,17 +260,14 @@ impl<'a> Renderer<'a> {
     fn eval(&self, expr: &'a Expr) -> Result<Cow<'a, Value>> {
         match expr {
             Expr::Literal(value) => Ok(Cow::Borrowed(value)),
-            Expr::Path { name, steps } => self.variable(name, steps),
-            Expr::Loop(field) => {
-                let &(index, length) = self.loops.last().ok_or_else(|| undefined("loop (outside a for loop)"))?;
-                Ok(Cow::Owned(match field {
-                    LoopField::Index => Value::from(index),
-                    LoopField::Index1 => Value::from(index + 1),
-                    LoopField::IsFirst => Value::Bool(index == 0),
-                    LoopField::IsLast => Value::Bool(index + 1 == length),
-                }))
-            }
-            Expr::Call { function, args } => {
+            Expr::Path { name, steps, written, call, pos } => match self.variable(name, steps) {
+                Some(found) => at(self.charge(found), *pos),
+                None => match call.and_then(|c| FUNCTIONS.get(c)) {
+                    Some((_, _, _, f)) => at(f(self, Vec::new()).and_then(|v| self.charge(v)), *pos),
+                    None => Err(not_found(written, *pos)),
+                },
+            },
+            Expr::Call { function, args, pos } => {
                 if *function == DEFAULT {
                     let [value, fallback] = args.as_slice() else { return Err(invalid("default: two arguments")) };
                     return match self.eval(value) {
@@ -224,12 +277,15 @@ impl<'a> Renderer<'a> {
                 }
                 let (_, _, _, f) = FUNCTIONS.get(*function).ok_or_else(|| invalid("unknown function"))?;
                 let args = args.iter().map(|a| self.eval(a)).collect::<Result<Vec<_>>>()?;
-                self.spend(args.iter().map(|a| shallow_size(a)).sum())?;
-                self.charge(f(self, args)?)
+                at(self.spend(args.iter().map(|a| shallow_size(a)).sum()), *pos)?;
+                at(f(self, args).and_then(|v| self.charge(v)), *pos)
             }
             Expr::Attr(target, steps) => {
                 let target = self.eval(target)?;
-                let found = descend(target, steps).ok_or_else(|| undefined(&describe_steps("value", steps)))?;
+                let found = descend(target, steps).ok_or_else(|| {
+                    let path = steps.iter().map(|s| s.key.as_str()).collect::<Vec<_>>().join(".");
+                    missing(format!("could not find element with given name '{path}'"))
+                })?;
                 self.charge(found)
             }
             Expr::Index(target, index) => {
@@ -245,18 +301,19 @@ impl<'a> Renderer<'a> {
                     }
                     _ => None,
                 });
-                self.charge(found.ok_or_else(|| undefined(&format!("element {index}")))?)
+                self.charge(found.ok_or_else(|| missing(format!("could not find element {index}")))?)
             }
             Expr::Not(inner) => Ok(Cow::Owned(Value::Bool(!truthy(&*self.eval(inner)?)))),
-            Expr::Neg(inner) => {
+            Expr::Neg(inner, pos) => {
                 let value = self.eval(inner)?;
-                match number(&value) {
+                let negated = match number(&value) {
                     Some(Number::Int(i)) => {
-                        Ok(Cow::Owned(i.checked_neg().map_or(Value::from(-(i as f64)), Value::from)))
+                        i.checked_neg().map(Value::from).ok_or_else(|| invalid("integer overflow in -"))
                     }
-                    Some(Number::Float(f)) => Ok(Cow::Owned(Value::from(-f))),
-                    None => Err(invalid(format!("cannot negate {}", kind(&value)))),
-                }
+                    Some(Number::Float(f)) => Ok(Value::from(-f)),
+                    None => Err(invalid(format!("type must be number, but is {}", type_name(&value)))),
+                };
+                at(negated.map(Cow::Owned), *pos)
             }
             Expr::Array(items) => {
                 let items = items.iter().map(|e| self.eval(e).map(Cow::into_owned)).collect::<Result<Vec<_>>>()?;
@@ -269,23 +326,75 @@ impl<'a> Renderer<'a> {
                 }
                 self.charge(Cow::Owned(Value::Object(map)))
             }
-            Expr::Binary(op, left, right) => self.binary(*op, left, right),
+            Expr::Binary { op, left, right, pos } => at(self.binary(*op, left, right), *pos),
         }
     }
 
-    /// A loop variable, else a `set` variable, else a field of the JSON context; then down `steps`. What the
-    /// template computed is copied, what it borrows (the context, its literals) is not.
-    pub(crate) fn variable(&self, name: &str, steps: &[Step]) -> Result<Cow<'a, Value>> {
+    /// What a name and the steps after it find, as inja looks it up: the enclosing loop's `loop`, then loop and
+    /// `set` variables, then the JSON context (also when a loop or `set` variable of that name lacks the steps).
+    /// What the template computed is copied, what it borrows (the context, its literals) is not.
+    pub(crate) fn variable(&self, name: &str, steps: &[Step]) -> Option<Cow<'a, Value>> {
+        if name == "loop" {
+            if let Some(found) = self.loop_value(steps) {
+                return Some(found);
+            }
+        }
         let local = self.locals.iter().rev().chain(self.globals.iter()).find(|(n, _)| *n == name);
         let found = match local {
             Some((_, Cow::Borrowed(value))) => walk(value, steps).map(Cow::Borrowed),
             Some((_, Cow::Owned(value))) => walk(value, steps).map(|v| Cow::Owned(v.clone())),
-            None => {
-                let data: &'a RenderData = self.data;
-                data.context.as_object().and_then(|map| map.get(name)).and_then(|v| walk(v, steps)).map(Cow::Borrowed)
-            }
+            None => None,
         };
-        self.charge(found.ok_or_else(|| undefined(&describe_steps(name, steps)))?)
+        found.or_else(|| {
+            let data: &'a RenderData = self.data;
+            data.context.as_object().and_then(|map| map.get(name)).and_then(|v| walk(v, steps)).map(Cow::Borrowed)
+        })
+    }
+
+    /// `loop` inside a loop: `index`, `index1`, `is_first`, `is_last`, and `parent` (the enclosing loop's).
+    fn loop_value(&self, steps: &[Step]) -> Option<Cow<'a, Value>> {
+        let mut depth = self.loops.len().checked_sub(1)?;
+        let mut steps = steps.iter();
+        let mut field = steps.next();
+        while field.is_some_and(|s| s.key == "parent") {
+            depth = depth.checked_sub(1)?;
+            field = steps.next();
+        }
+        let &(index, length) = self.loops.get(depth)?;
+        let value = match field.map(|s| s.key.as_str()) {
+            None => self.loop_object(depth)?,
+            Some("index") => Value::from(index),
+            Some("index1") => Value::from(index.checked_add(1)?),
+            Some("is_first") => Value::Bool(index == 0),
+            Some("is_last") => Value::Bool(index.checked_add(1)? == length),
+            Some(_) => return None,
+        };
+        let rest: Vec<&Step> = steps.collect();
+        if rest.is_empty() {
+            return Some(Cow::Owned(value));
+        }
+        let mut node = &value;
+        for step in rest {
+            node = match node {
+                Value::Object(map) => map.get(&step.key)?,
+                _ => return None,
+            };
+        }
+        Some(Cow::Owned(node.clone()))
+    }
+
+    /// The loop at `depth` as inja's `loop` object, with its parents.
+    fn loop_object(&self, depth: usize) -> Option<Value> {
+        let &(index, length) = self.loops.get(depth)?;
+        let mut map = Map::new();
+        map.insert("index".into(), Value::from(index));
+        map.insert("index1".into(), Value::from(index.checked_add(1)?));
+        map.insert("is_first".into(), Value::Bool(index == 0));
+        map.insert("is_last".into(), Value::Bool(index.checked_add(1)? == length));
+        if let Some(parent) = depth.checked_sub(1) {
+            map.insert("parent".into(), self.loop_object(parent)?);
+        }
+        Some(Value::Object(map))
     }
 
     pub(crate) fn spend(&self, units: usize) -> Result<()> {
@@ -321,7 +430,7 @@ impl<'a> Renderer<'a> {
             _ => {
                 let right = self.eval(right)?;
                 // Comparing, searching and concatenating walk their operands.
-                self.spend(shallow_size(&left) + shallow_size(&right))?;
+                self.spend(shallow_size(&left).saturating_add(shallow_size(&right)))?;
                 match op {
                     BinaryOp::Eq => Value::Bool(compare(&left, &right).is_eq()),
                     BinaryOp::Ne => Value::Bool(compare(&left, &right).is_ne()),
@@ -329,7 +438,7 @@ impl<'a> Renderer<'a> {
                     BinaryOp::Le => Value::Bool(compare(&left, &right).is_le()),
                     BinaryOp::Gt => Value::Bool(compare(&left, &right).is_gt()),
                     BinaryOp::Ge => Value::Bool(compare(&left, &right).is_ge()),
-                    BinaryOp::In => Value::Bool(contains(&right, &left)?),
+                    BinaryOp::In => Value::Bool(contains(&right, &left)),
                     _ => arithmetic(op, &left, &right)?,
                 }
             }
@@ -359,11 +468,12 @@ fn loop_items(iterable: Cow<'_, Value>, pairs: bool) -> Result<Vec<(Option<Cow<'
         }
         Cow::Borrowed(Value::Object(map)) => map.keys().map(|k| (None, key(k))).collect(),
         Cow::Owned(Value::Object(map)) => map.into_iter().map(|(k, _)| (None, Cow::Owned(Value::String(k)))).collect(),
-        other => return Err(invalid(format!("cannot loop over {}", kind(&other)))),
+        _ if pairs => return Err(invalid("object must be an object")),
+        _ => return Err(invalid("object must be an array")),
     })
 }
 
-fn walk<'v>(mut node: &'v Value, steps: &[Step]) -> Option<&'v Value> {
+pub(crate) fn walk<'v>(mut node: &'v Value, steps: &[Step]) -> Option<&'v Value> {
     for step in steps {
         node = match node {
             Value::Object(map) => map.get(&step.key)?,
@@ -385,15 +495,6 @@ pub(crate) fn pick<'v>(value: Cow<'v, Value>, part: impl Fn(&Value) -> Option<&V
         Cow::Borrowed(v) => part(v).map(Cow::Borrowed),
         Cow::Owned(v) => part(&v).map(|found| Cow::Owned(found.clone())),
     }
-}
-
-fn describe_steps(name: &str, steps: &[Step]) -> String {
-    let mut path = name.to_string();
-    for step in steps {
-        path.push('.');
-        path.push_str(&step.key);
-    }
-    format!("`{path}`")
 }
 
 /// How a value prints, as in inja: strings as they are (JSON-escaped with `escape_characters`), `null` as
@@ -555,55 +656,112 @@ fn compare_int_float(int: i64, float: f64) -> Ordering {
     int.cmp(&(whole as i64)).then_with(|| 0.0_f64.total_cmp(&(float - whole)))
 }
 
-/// `needle in haystack`: an element of an array, a key of an object, a substring of a string.
-fn contains(haystack: &Value, needle: &Value) -> Result<bool> {
+/// `needle in haystack` as inja has it: an element of an array, a value of an object, or the value itself.
+fn contains(haystack: &Value, needle: &Value) -> bool {
     match haystack {
-        Value::Array(items) => Ok(items.iter().any(|item| compare(item, needle).is_eq())),
-        Value::Object(map) => Ok(needle.as_str().is_some_and(|key| map.contains_key(key))),
-        Value::String(text) => Ok(text.contains(&*text_of(needle))),
-        other => Err(invalid(format!("`in` needs an array, an object or a string, not {}", kind(other)))),
+        Value::Array(items) => items.iter().any(|item| compare(item, needle).is_eq()),
+        Value::Object(map) => map.values().any(|item| compare(item, needle).is_eq()),
+        Value::Null => false,
+        other => compare(other, needle).is_eq(),
     }
 }
 
+/// nlohmann's name of a value's type, for its error messages.
+pub(crate) fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A number as inja reads it, or nlohmann's type error.
+fn operand(value: &Value) -> Result<Number> {
+    number(value).ok_or_else(|| invalid(format!("type must be number, but is {}", type_name(value))))
+}
+
+/// A number as an integer, as inja's `get<int64>` has it: a float's whole part, when it has one in range.
+pub(crate) fn truncated(n: Number) -> Result<i64> {
+    match n {
+        Number::Int(i) => Ok(i),
+        // ±2^63 are exact floats; strictly between them the whole part fits.
+        Number::Float(f) if f.is_finite() && f.trunc().abs() < 9_223_372_036_854_775_808.0 => Ok(f.trunc() as i64),
+        Number::Float(f) => Err(invalid(format!("{f} is out of the integer range"))),
+    }
+}
+
+/// A float result, which JSON (and so inja's values) cannot hold unless finite.
+pub(crate) fn finite(f: f64) -> Result<Value> {
+    if f.is_finite() {
+        Ok(Value::from(f))
+    } else {
+        Err(invalid("the result is not a finite number"))
+    }
+}
+
+/// inja's arithmetic, checked: integers stay integers (an overflow is an error, not a wrapped or rounded value),
+/// `/` divides as floats, `%` and the exponent of `^` take whole parts, and no result is infinite or NaN.
 fn arithmetic(op: BinaryOp, left: &Value, right: &Value) -> Result<Value> {
     if let (BinaryOp::Add, Value::String(a), Value::String(b)) = (op, left, right) {
         return Ok(Value::String(format!("{a}{b}")));
     }
-    let (Some(a), Some(b)) = (number(left), number(right)) else {
-        return Err(invalid(format!("cannot compute with {} and {}", kind(left), kind(right))));
-    };
-    if let (Number::Int(x), Number::Int(y)) = (a, b) {
-        let exact = match op {
-            BinaryOp::Add => x.checked_add(y),
-            BinaryOp::Sub => x.checked_sub(y),
-            BinaryOp::Mul => x.checked_mul(y),
-            BinaryOp::Rem if y == 0 => return Err(invalid("modulo by zero")),
-            BinaryOp::Rem => x.checked_rem(y),
-            BinaryOp::Pow => u32::try_from(y).ok().and_then(|e| x.checked_pow(e)),
-            _ => None,
-        };
-        if let Some(n) = exact {
-            return Ok(Value::from(n));
+    let (a, b) = (operand(left)?, operand(right)?);
+    let overflow = |symbol: &str| invalid(format!("integer overflow in {symbol}"));
+    match op {
+        BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul => {
+            if let (Number::Int(x), Number::Int(y)) = (a, b) {
+                let (result, symbol) = match op {
+                    BinaryOp::Add => (x.checked_add(y), "+"),
+                    BinaryOp::Sub => (x.checked_sub(y), "-"),
+                    _ => (x.checked_mul(y), "*"),
+                };
+                return result.map(Value::from).ok_or_else(|| overflow(symbol));
+            }
+            let (x, y) = (a.float(), b.float());
+            finite(match op {
+                BinaryOp::Add => x + y,
+                BinaryOp::Sub => x - y,
+                _ => x * y,
+            })
+        }
+        BinaryOp::Div => {
+            if b.float() == 0.0 {
+                return Err(invalid("division by zero"));
+            }
+            finite(a.float() / b.float())
+        }
+        BinaryOp::Rem => {
+            let (x, y) = (truncated(a)?, truncated(b)?);
+            if y == 0 {
+                return Err(invalid("modulo by zero"));
+            }
+            // i64::MIN % -1 overflows; its remainder is 0.
+            Ok(Value::from(x.checked_rem(y).unwrap_or(0)))
+        }
+        _ => {
+            let exponent = truncated(b)?;
+            match a {
+                Number::Int(x) if exponent >= 0 => u32::try_from(exponent)
+                    .ok()
+                    .and_then(|e| x.checked_pow(e))
+                    .map(Value::from)
+                    .ok_or_else(|| overflow("^")),
+                _ => {
+                    let exponent = i32::try_from(exponent).map_err(|_| overflow("^"))?;
+                    finite(a.float().powi(exponent))
+                }
+            }
         }
     }
-    let (x, y) = (a.float(), b.float());
-    let result = match op {
-        BinaryOp::Add => x + y,
-        BinaryOp::Sub => x - y,
-        BinaryOp::Mul => x * y,
-        BinaryOp::Div if y == 0.0 => return Err(invalid("division by zero")),
-        BinaryOp::Div => x / y,
-        BinaryOp::Rem => return Err(invalid("modulo needs integers")),
-        _ => x.powf(y),
-    };
-    // JSON has no NaN or infinity.
-    Ok(Value::from(result))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::functions::{substring, word_count};
+    use crate::functions::{self, substring, word_count};
     use serde_json::json;
 
     fn data() -> RenderData {
@@ -621,6 +779,7 @@ mod tests {
             env: Rc::new([("HOME_TEST".to_string(), "/home".to_string())].into_iter().collect()),
             data_sources: Rc::new([("greeting".to_string(), "hello".to_string())].into_iter().collect()),
             randoms: RefCell::default(),
+            metadata: Metadata::default(),
         }
     }
 
@@ -642,7 +801,19 @@ mod tests {
         assert_eq!(render("{{ context().name }}"), "Ann");
         assert_eq!(render("{{ env(\"HOME_TEST\") }}|{{ env(\"NOPE\") }}"), "/home|");
         assert_eq!(render("{{ data_source(\"greeting\") }}"), "hello");
-        assert!(render_with("{{ data_source(\"x\") }}", false, false).is_err());
+        // Gloo renders a data source that is not configured as "".
+        assert_eq!(render("[{{ data_source(\"x\") }}]"), "[]");
+        // Gloo's functions read strings; anything else is an error, as nlohmann's `get_ref` throws.
+        for call in ["header(1)", "extraction(null)", "env(true)", "trim([])", "raw_string(2)", "base64_encode(1)"] {
+            let err = render_with(&format!("{{{{ {call} }}}}"), false, false).unwrap_err();
+            assert!(err.contains("incompatible ReferenceType for get_ref, actual type is"), "{call}: {err}");
+        }
+        // `body` and `context` need no parentheses when the data has no such field, as in inja.
+        assert_eq!(render("{{ body }}|{{ length(context) }}"), "{\"name\": \"Ann\"}|4");
+        // Only the whole name: `context.name` is a path into the data, which has no `context`.
+        assert!(render_with("{{ context.name }}", false, false)
+            .unwrap_err()
+            .contains("variable 'context.name' not found"));
         assert_eq!(render("[{{ trim(\"  a b \") }}]"), "[a b]");
         assert_eq!(render("{{ base64_encode(\"hi?>\") }}|{{ base64_decode(\"aGk/Pg==\") }}"), "aGk/Pg==|hi?>");
         assert_eq!(render("{{ base64url_encode(\"hi?>\") }}|{{ base64url_decode(\"aGk_Pg\") }}"), "aGk_Pg|hi?>");
@@ -694,6 +865,53 @@ mod tests {
     }
 
     #[test]
+    fn gloo_metadata_functions() {
+        let gloo = json!({"io.solo.transformation": {
+            "s": "text", "n": 5, "f": 1.5, "b": true, "no": false, "nothing": null,
+            "obj": {"x": 1, "y": [1.5, "a"]}, "list": [1, 2.5, "a", true, {"z": 1}, 1234567],
+            "deep": {"er": {"est": "down"}}, "a:b": "colon"
+        }, "other.ns": {"k": "other"}});
+        let data = |delimiter| RenderData {
+            metadata: Metadata { cluster: gloo.clone(), dynamic: gloo.clone(), host: Value::Null, delimiter },
+            ..RenderData::default()
+        };
+        let render = |source: &str, delimiter| {
+            let mut templates = Templates::new(false);
+            templates.add("t", source, false).unwrap();
+            templates.render("t", &data(delimiter))
+        };
+        let cases = [
+            ("{{ cluster_metadata(\"s\") }}|{{ cluster_metadata(\"n\") }}|{{ cluster_metadata(\"f\") }}", "text|5.0|1.5"),
+            ("{{ dynamic_metadata(\"b\") }}|{{ dynamic_metadata(\"no\") }}|{{ dynamic_metadata(\"nothing\") }}|", "true|false||"),
+            ("{{ cluster_metadata(\"obj\") }}|{{ cluster_metadata(\"list\") }}", r#"{"x":1,"y":[1.5,"a"]}|[1,2.5,"a",true,{"z":1},1234567]"#),
+            ("{{ cluster_metadata(\"deep.er.est\") }}|{{ cluster_metadata(\"deep.er\") }}", r#"down|{"est":"down"}"#),
+            ("[{{ cluster_metadata(\"missing\") }}{{ cluster_metadata(\"s.x\") }}{{ host_metadata(\"s\") }}]", "[]"),
+            ("{{ cluster_metadata(\"k\", \"other.ns\") }}|{{ cluster_metadata(\"s\", \"io.solo.transformation\", 3) }}", "other|text"),
+            // A key that is not a string is "", as in Gloo.
+            ("[{{ cluster_metadata(1) }}]", "[]"),
+            // The deprecated function: no delimiter, Gloo's namespace only, lists joined as C++ streams print them.
+            ("{{ clusterMetadata(\"s\") }}|{{ clusterMetadata(\"n\") }}|{{ clusterMetadata(\"b\") }}", "text|5.0|true"),
+            ("{{ clusterMetadata(\"list\") }}|[{{ clusterMetadata(\"obj\") }}]", "1,2.5,a,true,,1.23457e+06|[]"),
+            ("[{{ clusterMetadata(\"deep.er.est\") }}]", "[]"),
+        ];
+        for (source, expected) in cases {
+            assert_eq!(render(source, '.').unwrap(), expected, "{source}");
+        }
+        assert_eq!(
+            render("{{ cluster_metadata(\"deep:er:est\") }}|{{ cluster_metadata(\"a:b\") }}", ':').unwrap(),
+            "down|"
+        );
+        // Gloo takes the namespace by reference to a string: anything else is an error; no key is no function.
+        assert!(render("{{ cluster_metadata(\"s\", 1) }}", '.').unwrap_err().contains("get_ref"));
+        let mut templates = Templates::new(false);
+        assert!(templates.add("t", "{{ cluster_metadata() }}", false).unwrap_err().contains("unknown function"));
+        assert_eq!(functions::stream_double(0.0001), "0.0001");
+        assert_eq!(functions::stream_double(0.00001234), "1.234e-05");
+        assert_eq!(functions::stream_double(-123456.0), "-123456");
+        assert_eq!(functions::stream_double(100.0), "100");
+    }
+
+    #[test]
     fn loops_sets_conditions_and_printing() {
         assert_eq!(
             render("{% for x in items %}{{ loop.index }}:{{ x }}{% if not loop.is_last %},{% endif %}{% endfor %}"),
@@ -732,7 +950,9 @@ mod tests {
         // Jinja's filter and test libraries are not compiled in (inja has neither): use the functions.
         assert!(render_with("{{ name | upper }}", false, false).is_err());
         assert!(render_with("{% if name is defined %}1{% endif %}", false, false).is_err());
-        assert!(render_with("{{ upper(1, 2) }}", false, false).unwrap_err().contains("wrong number of arguments"));
+        assert!(render_with("{{ upper(1, 2) }}", false, false)
+            .unwrap_err()
+            .contains("unknown function upper with 2 arguments"));
     }
 
     #[test]
@@ -804,12 +1024,14 @@ mod tests {
             "false|false|4|512"
         );
         assert_eq!(
-            render("{{ 3 in items }}|{{ 4 in items }}|{{ \"k\" in obj }}|{{ \"xx\" in name }}"),
-            "true|false|true|false"
+            render("{{ 3 in items }}|{{ 4 in items }}|{{ \"v\" in obj }}|{{ \"k\" in obj }}|{{ \"Ann\" in name }}"),
+            "true|false|true|false|true"
         );
         assert_eq!(render("{{ [1, \"a\", null] }}|{{ {\"k\": [n]} }}"), r#"[1,"a",null]|{"k":[2.5]}"#);
         assert!(render_with("{{ 1 / 0 }}", false, false).unwrap_err().contains("division by zero"));
-        assert!(render_with("{{ name - 1 }}", false, false).unwrap_err().contains("cannot compute"));
+        assert!(render_with("{{ name - 1 }}", false, false)
+            .unwrap_err()
+            .contains("type must be number, but is string"));
         // Values of different kinds compare by kind, as in inja: null, booleans, numbers, objects, arrays, strings.
         assert_eq!(
             render("{{ name < 1 }}|{{ null < 0 }}|{{ obj < items }}|{{ 2 < 2.5 }}|{{ [1, 2] == [1, 2.0] }}"),
@@ -827,7 +1049,7 @@ mod tests {
         // inja's whitespace control: `{{-` drops the spaces and tabs ending a line that has nothing else, `-}}` the
         // spaces and tabs after it and one newline.
         assert_eq!(render("a {#- gone -#} b|{{- \" x \" -}} |{% if true -%}  y  {%- endif %}"), "a b| x |y  ");
-        assert_eq!(render("line\n    {%- if true -%}\n  yes\n{%- endif %}\nend"), "line\n  yes\n\nend");
+        assert_eq!(render("line\n    {%- if true -%}\n  yes\n{%- endif %}\nend"), "line\nyes\n\nend");
         assert_eq!(
             render("{% if(true) %}x{% else if(false) %}y{% endif %}|{% for x\tin\titems %}{{ x }}{% endfor %}"),
             "x|312"
@@ -850,7 +1072,9 @@ mod tests {
         assert_eq!(render("{% if false %}1{% else if false %}2{% else if true %}3{% else %}4{% endif %}"), "3");
         assert_eq!(render("{% raw %}{{ not parsed }}{% if %}{%- endraw %}|{{ name }}"), "{{ not parsed }}{% if %}|Ann");
         assert_eq!(render("{{ default(missing.deep.path, \"d\") }}|{{ default(obj.k, 1) }}"), "d|v");
-        assert!(render_with("{{ loop.index1 }}", false, false).unwrap_err().contains("outside a for loop"));
+        assert!(render_with("{{ loop.index1 }}", false, false)
+            .unwrap_err()
+            .contains("variable 'loop.index1' not found"));
         let deep_expression = format!("{{{{ {}1{} }}}}", "(".repeat(100), ")".repeat(100));
         let deep_blocks = format!("{}x{}", "{% if true %}".repeat(100), "{% endif %}".repeat(100));
         assert!(render_with(&deep_expression, false, false).unwrap_err().contains("nested too deeply"));
@@ -879,17 +1103,22 @@ mod tests {
         let replaced = "{{ replace(\"xxxxxxxxxxxxxxxx\", \"x\", body()) }}";
         assert_eq!(render_with(replaced, false, false).unwrap().len(), 16 * 15);
         assert!(render_with("{{ replace(\"x\", \"\", body()) }}", false, false).is_ok());
-        for bad in [
-            "{% if true %}x",
-            "{% for x in items %}x{% endif %}",
-            "{% endfor %}",
-            "{% set 1 = 2 %}",
-            "{% while %}",
-            "{{ \"\\u41\" }}",
+        // Syntax errors in inja's words, with the line and column.
+        for (bad, message) in [
+            ("{% if true %}x", "(at 1:15) unmatched if"),
+            ("{% for x in items %}x{% endif %}", "(at 1:25) endif without matching if"),
+            ("{% endfor %}", "(at 1:4) endfor without matching for"),
+            ("{% set 1 = 2 %}", "(at 1:8) expected variable name, got '1'"),
+            ("{% while %}", "(at 1:4) expected statement, got 'while'"),
+            ("a\n {{ \"\\u41\" }}", "(at 2:5) invalid or unterminated string"),
+            ("{{ nope(1) }}", "(at 1:10) unknown function nope"),
         ] {
             let err = render_with(bad, false, false).unwrap_err();
-            assert!(err.starts_with("syntax error: ") && err.contains("(in t:1)"), "{bad}: {err}");
+            let expected = format!("syntax error: [inja.exception.parser_error] {message} (in t)");
+            assert_eq!(err, expected, "{bad}");
         }
+        let err = render_with("{% if true %}\n  {{ 1 + x }}{% endif %}", false, false).unwrap_err();
+        assert_eq!(err, "[inja.exception.render_error] (at 2:10) variable 'x' not found (undefined; in t)");
     }
 
     #[test]
@@ -917,7 +1146,7 @@ mod tests {
         let mut templates = Templates::new(false);
         templates.add("t", "{{ x.y-1 }}", false).unwrap();
         let data = RenderData { context: context.clone(), ..RenderData::default() };
-        assert!(templates.render("t", &data).unwrap_err().contains("`x.y-1` is undefined"));
+        assert!(templates.render("t", &data).unwrap_err().contains("variable 'x.y-1' not found"));
         let mut templates = Templates::new(false);
         templates.add("t", "{{ my-extractor }}{{ a.b }}{% for i in x %}{{ i }}{% endfor %}", false).unwrap();
         let names = templates.undeclared_variables("t");
