@@ -263,7 +263,7 @@ impl Parser<'_, '_> {
             let (code, code_pos) = match tag {
                 Tag::Comment => {
                     let end =
-                        after_open.find("#}").ok_or_else(|| syntax("expected comment close, got 'eof'", tag_pos))?;
+                        after_open.find("#}").ok_or_else(|| syntax("expected comment close, got '<eof>'", tag_pos))?;
                     self.trim_next =
                         if after_open.get(..end).is_some_and(|c| c.ends_with('-')) { Trim::Line } else { Trim::None };
                     self.pos = code_start + end + 2;
@@ -277,7 +277,7 @@ impl Parser<'_, '_> {
                 Tag::Expression | Tag::Statement => {
                     let close = if tag == Tag::Expression { "}}" } else { "%}" };
                     let end = find_close(after_open, close).ok_or_else(|| {
-                        syntax(&format!("expected {} close, got 'eof'", tag.describe()), self.source.len())
+                        syntax(&format!("expected {} close, got '<eof>'", tag.describe()), self.source.len())
                     })?;
                     let code = after_open.get(..end).unwrap_or_default();
                     self.trim_next = if code.ends_with('-') { Trim::All } else { Trim::None };
@@ -292,11 +292,9 @@ impl Parser<'_, '_> {
             };
             if tag == Tag::Expression {
                 let tokens = tokenize(code, code_pos, self.pointer_notation)?;
-                let pos = tokens.first().map_or(code_pos, |t| t.1);
-                if tokens.is_empty() {
-                    return Err(syntax("empty expression", pos));
-                }
-                let expr = self.expression(tokens, pos)?;
+                let end = code_pos + code.len();
+                let pos = tokens.first().map_or(end, |t| t.1);
+                let expr = self.expression(tokens, pos, end)?;
                 nodes.push(Node::Print { expr, pos });
                 continue;
             }
@@ -342,14 +340,15 @@ impl Parser<'_, '_> {
             return Err(syntax(&format!("expected statement, got '{found}'"), pos));
         };
         let rest: Vec<(Token, usize)> = tokens.collect();
-        let rest_pos = rest.first().map_or(code_pos + code.len(), |t| t.1);
+        let end = code_pos + code.len();
+        let rest_pos = rest.first().map_or(end, |t| t.1);
         let ends = |end: BlockEnd, rest: &[(Token, usize)]| match rest.first() {
             None => Ok(Some((end, pos))),
             Some((token, at)) => Err(syntax(&format!("expected statement close, got {token}"), *at)),
         };
         match keyword.as_str() {
             "if" => {
-                let condition = self.expression(rest, rest_pos)?;
+                let condition = self.expression(rest, rest_pos, end)?;
                 let node = self.if_chain(condition, rest_pos)?;
                 nodes.push(node);
                 Ok(None)
@@ -361,18 +360,18 @@ impl Parser<'_, '_> {
                     match rest.next() {
                         Some((Token::Name(name), _)) if is_name(&name) => names.push(name),
                         Some((token, at)) => return Err(syntax(&format!("expected id, got {token}"), at)),
-                        None => return Err(syntax("expected id, got 'eof'", rest_pos)),
+                        None => return Err(syntax("expected id, got '<eof>'", rest_pos)),
                     }
                     match rest.next() {
                         Some((Token::Symbol(","), _)) if names.len() == 1 => continue,
                         Some((Token::Name(word), _)) if word == "in" => break,
                         Some((token, at)) => return Err(syntax(&format!("expected 'in', got {token}"), at)),
-                        None => return Err(syntax("expected 'in', got 'eof'", rest_pos)),
+                        None => return Err(syntax("expected 'in', got '<eof>'", rest_pos)),
                     }
                 }
                 let iterable: Vec<(Token, usize)> = rest.collect();
                 let iterable_pos = iterable.first().map_or(rest_pos, |t| t.1);
-                let iterable = self.expression(iterable, iterable_pos)?;
+                let iterable = self.expression(iterable, iterable_pos, end)?;
                 let mut names = names.into_iter();
                 let (first, second) = (names.next().unwrap_or_default(), names.next());
                 for name in [Some(&first), second.as_ref()].into_iter().flatten() {
@@ -401,16 +400,16 @@ impl Parser<'_, '_> {
                 let name = match rest.next() {
                     Some((Token::Name(name), _)) => name,
                     Some((token, at)) => return Err(syntax(&format!("expected variable name, got {token}"), at)),
-                    None => return Err(syntax("expected variable name, got 'eof'", rest_pos)),
+                    None => return Err(syntax("expected variable name, got '<eof>'", rest_pos)),
                 };
                 match rest.next() {
                     Some((Token::Symbol("="), _)) => {}
                     Some((token, at)) => return Err(syntax(&format!("expected '=', got {token}"), at)),
-                    None => return Err(syntax("expected '=', got 'eof'", rest_pos)),
+                    None => return Err(syntax("expected '=', got '<eof>'", rest_pos)),
                 }
                 let value: Vec<(Token, usize)> = rest.collect();
                 let value_pos = value.first().map_or(rest_pos, |t| t.1);
-                let expr = self.expression(value, value_pos)?;
+                let expr = self.expression(value, value_pos, end)?;
                 let (root, steps) = self.split_path(&name, rest_pos)?;
                 if root.is_empty() {
                     return Err(syntax(&format!("cannot set '{name}'"), rest_pos));
@@ -423,7 +422,7 @@ impl Parser<'_, '_> {
                 None => Ok(Some((BlockEnd::Else, pos))),
                 Some(((Token::Name(word), at), condition)) if word == "if" => {
                     let condition_pos = condition.first().map_or(*at, |t| t.1);
-                    let condition = self.expression(condition.to_vec(), condition_pos)?;
+                    let condition = self.expression(condition.to_vec(), condition_pos, end)?;
                     Ok(Some((BlockEnd::ElseIf(condition), pos)))
                 }
                 Some(((token, at), _)) => Err(syntax(&format!("expected statement close, got {token}"), *at)),
@@ -471,11 +470,12 @@ impl Parser<'_, '_> {
         }
     }
 
-    fn expression(&mut self, tokens: Vec<(Token, usize)>, pos: usize) -> Result<Expr, SyntaxError> {
+    /// Parses an expression's tokens; `pos` is where it starts, `end` where its tag closes.
+    fn expression(&mut self, tokens: Vec<(Token, usize)>, pos: usize, end: usize) -> Result<Expr, SyntaxError> {
         if tokens.is_empty() {
             return Err(syntax("empty expression", pos));
         }
-        let mut parser = ExprParser { tokens, next: 0, end: pos, depth: 0, outer: self };
+        let mut parser = ExprParser { tokens, next: 0, end, depth: 0, outer: self };
         let expr = parser.or()?;
         match parser.tokens.get(parser.next) {
             None => Ok(expr),
@@ -777,7 +777,7 @@ impl ExprParser<'_, '_, '_> {
         if self.eat_symbol(symbol) {
             return Ok(());
         }
-        let found = self.peek().map_or("'eof'".to_string(), |t| t.to_string());
+        let found = self.peek().map_or("'<eof>'".to_string(), |t| t.to_string());
         Err(syntax(&format!("expected {what}, got {found}"), self.here()))
     }
 
@@ -929,7 +929,7 @@ impl ExprParser<'_, '_, '_> {
     fn primary(&mut self) -> Result<Expr, SyntaxError> {
         let pos = self.here();
         let Some(token) = self.peek().cloned() else {
-            return Err(syntax("unexpected end of expression", pos));
+            return Err(syntax("too few arguments", pos));
         };
         self.next += 1;
         match token {
@@ -963,7 +963,14 @@ impl ExprParser<'_, '_, '_> {
                     self.expect(",", "',' or '}'")?;
                 }
             }
+            Token::Name(name) if name == "and" || name == "or" || name == "in" => {
+                Err(syntax("too few arguments", self.end))
+            }
             Token::Name(name) => self.name(name, pos),
+            // An operator where an operand should be: inja's operators then lack one, which it reports at the end.
+            Token::Symbol("+" | "*" | "/" | "%" | "^" | "==" | "!=" | "<" | "<=" | ">" | ">=") => {
+                Err(syntax("too few arguments", self.end))
+            }
             Token::Symbol(s) => Err(syntax(&format!("unexpected '{s}'"), pos)),
         }
     }
