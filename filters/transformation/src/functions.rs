@@ -440,11 +440,36 @@ fn first_header(headers: &[(String, String)], name: &str) -> String {
 /// count one.
 pub fn word_count(value: &Value) -> u64 {
     match value {
-        Value::String(s) => s.split_whitespace().count() as u64,
-        Value::Array(items) => items.iter().map(word_count).sum(),
-        Value::Object(map) => map.iter().map(|(k, v)| k.split_whitespace().count() as u64 + word_count(v)).sum(),
+        Value::String(s) => words(s),
+        Value::Array(items) => items.iter().map(word_count).fold(0, u64::saturating_add),
+        Value::Object(map) => {
+            map.iter().map(|(k, v)| words(k).saturating_add(word_count(v))).fold(0, u64::saturating_add)
+        }
         Value::Number(_) | Value::Bool(_) => 1,
         Value::Null => 0,
+    }
+}
+
+/// Gloo's count of the words of a string, byte by byte with C's `isspace`: after any leading whitespace, one per
+/// run of whitespace, and one more unless the string ends with whitespace (so a string of spaces counts one).
+/// The empty string, where Gloo reads before the string, counts none.
+fn words(text: &str) -> u64 {
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let bytes = text.as_bytes();
+    let Some(last) = bytes.last() else { return 0 };
+    let first = bytes.iter().position(|b| !space(b)).unwrap_or(0);
+    let mut count: u64 = 0;
+    let mut in_space = false;
+    for b in bytes.iter().skip(first) {
+        if space(b) && !in_space {
+            count = count.saturating_add(1);
+        }
+        in_space = space(b);
+    }
+    if space(last) {
+        count
+    } else {
+        count.saturating_add(1)
     }
 }
 
@@ -452,15 +477,14 @@ pub fn word_count(value: &Value) -> u64 {
 /// absent, not positive or past the end runs to the end.
 pub fn substring(input: &str, start: i64, length: Option<i64>) -> String {
     let bytes = input.as_bytes();
-    let len = bytes.len() as i64;
-    if start < 0 || start >= len {
-        return String::new();
-    }
+    let (Ok(start), Ok(len)) = (usize::try_from(start), i64::try_from(bytes.len())) else { return String::new() };
     let end = match length {
-        Some(n) if n > 0 && start.saturating_add(n) <= len => start + n,
-        _ => len,
+        Some(n) if n > 0 && i64::try_from(start).ok().and_then(|s| s.checked_add(n)).is_some_and(|e| e <= len) => {
+            usize::try_from(n).ok().and_then(|n| start.checked_add(n))
+        }
+        _ => None,
     };
-    let slice = bytes.get(start as usize..end as usize).unwrap_or_default();
+    let slice = bytes.get(start..end.unwrap_or(bytes.len())).unwrap_or_default();
     String::from_utf8_lossy(slice).into_owned()
 }
 

@@ -504,8 +504,71 @@ fn print(out: &mut String, value: &Value, escape: bool) {
         Value::String(text) if escape => out.push_str(&json_escape(text)),
         Value::String(text) => out.push_str(text),
         Value::Null => {}
+        other => dump(out, other),
+    }
+}
+
+/// A value as nlohmann's `dump()` writes it, which inja prints with: compact JSON, floats in nlohmann's format.
+pub(crate) fn dump(out: &mut String, value: &Value) {
+    match value {
+        Value::Number(n) if n.is_f64() => out.push_str(&float_text(n.as_f64().unwrap_or_default())),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                dump(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push('"');
+                out.push_str(&json_escape(key));
+                out.push_str("\":");
+                dump(out, item);
+            }
+            out.push('}');
+        }
         other => out.push_str(&other.to_string()),
     }
+}
+
+/// A float as nlohmann writes it: the shortest digits that read back, as a decimal when the decimal exponent is
+/// between -4 and 15 (with `.0` when whole), else as `d.ddde+XX`.
+pub(crate) fn float_text(f: f64) -> String {
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+    }
+    let sign = if f < 0.0 { "-" } else { "" };
+    // Rust's `{:e}` gives the shortest digits too: `d.ddd` and the exponent of the first digit.
+    let scientific = format!("{:e}", f.abs());
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let Ok(exponent) = exponent.parse::<i64>() else { return format!("{sign}{scientific}") };
+    let length = i64::try_from(digits.len()).unwrap_or(i64::MAX);
+    // The position of the decimal point after the first digits (nlohmann's `n`).
+    let point = exponent.saturating_add(1);
+    let zeros = |n: i64| "0".repeat(usize::try_from(n).unwrap_or(0));
+    let body = if length <= point && point <= 15 {
+        format!("{digits}{}.0", zeros(point - length))
+    } else if 0 < point && point <= 15 {
+        let (whole, fraction) = digits.split_at(usize::try_from(point).unwrap_or(0).min(digits.len()));
+        format!("{whole}.{fraction}")
+    } else if -4 < point && point <= 0 {
+        format!("0.{}{digits}", zeros(-point))
+    } else {
+        let (first, rest) = digits.split_at(1.min(digits.len()));
+        let fraction = if rest.is_empty() { String::new() } else { format!(".{rest}") };
+        let exponent_sign = if exponent < 0 { '-' } else { '+' };
+        format!("{first}{fraction}e{exponent_sign}{:02}", exponent.unsigned_abs())
+    };
+    format!("{sign}{body}")
 }
 
 /// What a value costs to walk at its top level: the bytes of a string, the items of an array or object.
@@ -552,7 +615,11 @@ pub fn json_escape(text: &str) -> String {
 pub(crate) fn text_of(value: &Value) -> Cow<'_, str> {
     match value {
         Value::String(text) => Cow::Borrowed(text),
-        other => Cow::Owned(other.to_string()),
+        other => {
+            let mut text = String::new();
+            dump(&mut text, other);
+            Cow::Owned(text)
+        }
     }
 }
 
@@ -1156,8 +1223,22 @@ mod tests {
     #[test]
     fn pure_helpers() {
         assert_eq!(word_count(&json!("")), 0);
+        // Gloo's counting: C's whitespace only, and a string of spaces is one word.
+        assert_eq!(word_count(&json!("   ")), 1);
+        assert_eq!(word_count(&json!("a\u{a0}b \u{b}c")), 2);
+        assert_eq!(substring("hello", 5, None), "");
+        assert_eq!(substring("hello", i64::MAX, Some(i64::MAX)), "");
+        assert_eq!(substring("hello", 1, Some(i64::MAX)), "ello");
         assert_eq!(word_count(&json!({"a b": ["c", 1, true, null]})), 5);
         assert_eq!(substring("héllo", 1, Some(2)), "é");
         assert_eq!(json_escape("a\"\\\u{1}"), "a\\\"\\\\\\u0001");
+        let floats =
+            [(1000.0, "1000.0"), (0.001, "0.001"), (25.68, "25.68"), (1e16, "1e+16"), (1e-5, "1e-05"), (-0.0, "-0.0")];
+        for (f, text) in floats {
+            assert_eq!(float_text(f), text);
+        }
+        assert_eq!(float_text(123456789012345.0), "123456789012345.0");
+        assert_eq!(float_text(-1.5e-300), "-1.5e-300");
+        assert_eq!(float_text(0.1 + 0.2), "0.30000000000000004");
     }
 }
