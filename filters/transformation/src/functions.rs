@@ -251,14 +251,9 @@ fn deprecated_metadata_text(value: &Value) -> String {
 
 /// A double as `std::ostream << double` prints it: `%g`, six significant digits.
 pub(crate) fn stream_double(f: f64) -> String {
-    if f == 0.0 || !f.is_finite() {
-        return if f.is_nan() {
-            "nan".into()
-        } else if f.is_infinite() {
-            format!("{}inf", if f < 0.0 { "-" } else { "" })
-        } else {
-            "0".into()
-        };
+    // JSON numbers are finite; zero has no exponent to find.
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0".into() } else { "0".into() };
     }
     let scientific = format!("{f:.5e}");
     let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
