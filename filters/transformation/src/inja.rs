@@ -24,6 +24,12 @@
 //! `.` or `/`; with Gloo's `advanced_templates` (`pointer_notation`) only by `/`, `.` is an ordinary character
 //! and `~0` / `~1` stand for `~` / `/`.
 //!
+//! Beyond inja 3.4 (where Gloo refuses or misreads them): `raw` blocks, single-quoted strings, `[index]` and
+//! `["key"]` subscripts (negative indexes count from the end), `-` before any value, a trailing `-` in a name
+//! read as the operator, unknown string escapes kept as written, a one-variable loop over an object (its keys) and
+//! a two-variable loop over an array (indexes). `conformance/inja/cases.json` lists every difference with its
+//! reason, and `tests/inja_conformance.rs` checks them.
+//!
 //! Positions are byte offsets into the template; errors give them as inja does, `line:column` from 1:1.
 
 use std::collections::HashSet;
