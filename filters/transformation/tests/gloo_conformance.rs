@@ -7,7 +7,7 @@
 //! `transformation` (one Gloo `Transformation`, applied to every request, or to every response with
 //! `"side": "response"`); `request` / `response` (`headers` as `[name, value]` pairs, `body`); optional `env`
 //! and `metadata` (`cluster` / `dynamic` / `host`: `{namespace: {fields}}`, with `string_delimiter` from the
-//! template). Expected: `config_error` (a substring), or `expect` with `status`, `error_contains`, `headers`
+//! template), or `properties` the host gives (`response.code_details`). Expected: `config_error` (a substring), or `expect` with `status`, `error_contains`, `headers`
 //! (`name: value`, `null` for absent, or a list for every value in order), `body` or `body_json`. A case where we
 //! intentionally differ from Gloo says why in `differs` (or `unsupported`) and asserts our behaviour.
 
@@ -38,6 +38,9 @@ struct Case {
     #[serde(default)]
     env: HashMap<String, String>,
     metadata: Option<Map<String, Value>>,
+    /// Envoy properties the fake host gives (e.g. `response.code_details`).
+    #[serde(default)]
+    properties: HashMap<String, String>,
     config_error: Option<String>,
     expect: Option<Expect>,
     differs: Option<String>,
@@ -117,6 +120,9 @@ fn run_stream(case: &Case, config: &[u8]) -> Result<Outcome, String> {
     }
     let refs: Vec<(&str, &str)> = request.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let host = FakeHost::with_request(&refs).body(request.body.as_bytes());
+    for (path, value) in &case.properties {
+        host.set_property(path, value);
+    }
     let reply = |flow: Flow| match flow {
         Flow::Reply(reply) => {
             let text = serde_json::from_slice::<Value>(&reply.body)
