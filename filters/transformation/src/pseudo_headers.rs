@@ -10,14 +10,23 @@
 /// (`%2E` is a dot, `%41` an `A`), then dot segments are removed (`/a/./b/../c` is `/a/c`; `..` never climbs above
 /// the root). Other escapes (`%2F` included) and the query stay as they are.
 pub fn normalize_path(value: &str) -> Result<String, String> {
+    origin_form(value).map_err(|why| refused(":path", value, why))
+}
+
+/// One message for every refusal (one formatting site keeps the .wasm small).
+fn refused(name: &str, value: &str, why: &str) -> String {
+    format!("rendered {name} {value:?} {why}")
+}
+
+fn origin_form(value: &str) -> Result<String, &'static str> {
     if !value.starts_with('/') {
-        return Err(format!("rendered :path {value:?} does not start with '/'"));
+        return Err("does not start with '/'");
     }
-    if let Some(bad) = value.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(format!("rendered :path {value:?} contains {bad:?} (whitespace, control or non-ASCII)"));
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("contains whitespace, a control or a non-ASCII character");
     }
     if value.contains('#') {
-        return Err(format!("rendered :path {value:?} contains a fragment ('#')"));
+        return Err("contains a fragment ('#')");
     }
     let (path, query) = match value.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -33,12 +42,12 @@ pub fn normalize_path(value: &str) -> Result<String, String> {
 }
 
 /// Every `%` starts two hex digits.
-fn check_escapes(value: &str) -> Result<(), String> {
+fn check_escapes(value: &str) -> Result<(), &'static str> {
     let bytes = value.as_bytes();
     for (index, _) in value.match_indices('%') {
         let hex = bytes.get(index + 1..index + 3);
         if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-            return Err(format!("rendered :path {value:?} has an invalid percent-encoding"));
+            return Err("has an invalid percent-encoding");
         }
     }
     Ok(())
@@ -108,16 +117,20 @@ fn remove_dot_segments(path: &str) -> String {
 /// A rendered `:authority` must be `host[:port]`: a reg-name (unreserved, sub-delims, escapes), an IPv4 address,
 /// or a bracketed IP literal; the port decimal, at most 65535. No user info (`@`).
 pub fn check_authority(value: &str) -> Result<(), String> {
-    let invalid = |why: &str| Err(format!("rendered :authority {value:?} is not host[:port]: {why}"));
+    host_port(value).map_err(|why| refused(":authority", value, why))
+}
+
+fn host_port(value: &str) -> Result<(), &'static str> {
+    let invalid = Err;
     let (host, port) = if let Some(rest) = value.strip_prefix('[') {
-        let Some((literal, after)) = rest.split_once(']') else { return invalid("unclosed '['") };
+        let Some((literal, after)) = rest.split_once(']') else { return invalid("is not host[:port]: unclosed '['") };
         if literal.is_empty() || !literal.chars().all(|c| c.is_ascii_hexdigit() || ":.".contains(c)) {
-            return invalid("bad IP literal");
+            return invalid("is not host[:port]: bad IP literal");
         }
         match after.strip_prefix(':') {
             Some(port) => (None, Some(port)),
             None if after.is_empty() => (None, None),
-            None => return invalid("text after the IP literal"),
+            None => return invalid("is not host[:port]: text after the IP literal"),
         }
     } else {
         match value.rsplit_once(':') {
@@ -127,20 +140,20 @@ pub fn check_authority(value: &str) -> Result<(), String> {
     };
     if let Some(host) = host {
         if host.is_empty() {
-            return invalid("empty host");
+            return invalid("is not host[:port]: empty host");
         }
         let reg_name = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=%".contains(c);
         if !host.chars().all(reg_name) {
-            return invalid("invalid character in the host");
+            return invalid("is not host[:port]: invalid character in the host");
         }
         if host.contains('%') && check_escapes(host).is_err() {
-            return invalid("invalid percent-encoding");
+            return invalid("is not host[:port]: invalid percent-encoding");
         }
     }
     if let Some(port) = port {
         let valid = !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
         if !valid || port.parse::<u32>().map_or(true, |p| p > 65535) {
-            return invalid("bad port");
+            return invalid("is not host[:port]: bad port");
         }
     }
     Ok(())
@@ -150,7 +163,7 @@ pub fn check_authority(value: &str) -> Result<(), String> {
 pub fn check_method(value: &str) -> Result<(), String> {
     let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if value.is_empty() || !value.bytes().all(tchar) {
-        return Err(format!("rendered :method {value:?} is not an HTTP token"));
+        return Err(refused(":method", value, "is not an HTTP token"));
     }
     Ok(())
 }
