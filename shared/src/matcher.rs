@@ -190,6 +190,7 @@ struct RawRegex {
     regex: String,
     #[serde(default)]
     #[allow(dead_code)]
+    #[serde(alias = "googleRe2")]
     google_re2: Option<serde_json::Value>,
 }
 
@@ -198,14 +199,18 @@ struct RawRegex {
 struct RawRouteMatch {
     prefix: Option<String>,
     path: Option<String>,
+    #[serde(alias = "safeRegex")]
     safe_regex: Option<RawRegex>,
+    #[serde(alias = "caseSensitive")]
     case_sensitive: Option<bool>,
     #[serde(default)]
     headers: Vec<HeaderMatcher>,
     #[serde(default)]
+    #[serde(alias = "queryParameters")]
     query_parameters: Vec<QueryParameterMatcher>,
     #[serde(default)]
     methods: Vec<String>,
+    #[serde(alias = "routeName")]
     route_name: Option<String>,
 }
 
@@ -244,14 +249,22 @@ impl TryFrom<RawRouteMatch> for RouteMatch {
 #[serde(deny_unknown_fields)]
 struct RawHeaderMatcher {
     name: String,
+    #[serde(alias = "exactMatch")]
     exact_match: Option<String>,
+    #[serde(alias = "prefixMatch")]
     prefix_match: Option<String>,
+    #[serde(alias = "suffixMatch")]
     suffix_match: Option<String>,
+    #[serde(alias = "containsMatch")]
     contains_match: Option<String>,
+    #[serde(alias = "safeRegexMatch")]
     safe_regex_match: Option<RawRegex>,
+    #[serde(alias = "presentMatch")]
     present_match: Option<bool>,
+    #[serde(alias = "stringMatch")]
     string_match: Option<StringMatch>,
     #[serde(default)]
+    #[serde(alias = "invertMatch")]
     invert_match: bool,
 }
 
@@ -287,7 +300,9 @@ impl TryFrom<RawHeaderMatcher> for HeaderMatcher {
 #[serde(deny_unknown_fields)]
 struct RawQueryParameterMatcher {
     name: String,
+    #[serde(alias = "stringMatch")]
     string_match: Option<StringMatch>,
+    #[serde(alias = "presentMatch")]
     present_match: Option<bool>,
 }
 
@@ -317,8 +332,10 @@ struct RawStringMatch {
     prefix: Option<String>,
     suffix: Option<String>,
     contains: Option<String>,
+    #[serde(alias = "safeRegex")]
     safe_regex: Option<RawRegex>,
     #[serde(default)]
+    #[serde(alias = "ignoreCase")]
     ignore_case: bool,
 }
 
@@ -406,6 +423,28 @@ mod tests {
         assert!(re.matches(&req("GET", "/users/42?x", &[])));
         assert!(!re.matches(&req("GET", "/users/42/x", &[])), "regex must match the whole path");
         assert!(RouteMatch::prefix("/x").matches(&req("GET", "/x/y", &[])));
+    }
+
+    #[test]
+    fn camel_case_field_names_as_protobuf_json_writes_them() {
+        let camel = m(r#"{"safeRegex": {"googleRe2": {}, "regex": "/u/\\d+"}, "caseSensitive": false,
+            "headers": [{"name": "x-a", "exactMatch": "1"}, {"name": "x-b", "presentMatch": true, "invertMatch": true},
+                        {"name": "x-c", "safeRegexMatch": {"regex": "c+"}},
+                        {"name": "x-d", "stringMatch": {"safeRegex": {"regex": "D"}, "ignoreCase": true}}],
+            "queryParameters": [{"name": "q", "stringMatch": {"exact": "v"}}], "routeName": "r"}"#);
+        let mut request = req("GET", "/u/1?q=v", &[("x-a", "1"), ("x-c", "cc"), ("x-d", "d")]);
+        request.route = Some("r");
+        assert!(camel.matches(&request));
+        request.headers.push(("x-b".to_string(), "present".to_string()));
+        assert!(!camel.matches(&request), "invertMatch applies");
+        for (name, json) in [
+            ("prefixMatch", r#"{"headers": [{"name": "x", "prefixMatch": "a"}]}"#),
+            ("suffixMatch", r#"{"headers": [{"name": "x", "suffixMatch": "a"}]}"#),
+            ("containsMatch", r#"{"headers": [{"name": "x", "containsMatch": "a"}]}"#),
+            ("presentMatch", r#"{"queryParameters": [{"name": "x", "presentMatch": true}]}"#),
+        ] {
+            assert!(serde_json::from_str::<RouteMatch>(json).is_ok(), "{name}");
+        }
     }
 
     #[test]

@@ -471,7 +471,7 @@ async fn response_transformations_and_response_matchers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn errors_are_400_on_requests_and_500_on_responses() {
+async fn errors_are_400_on_requests_and_on_responses_as_in_gloo() {
     let echo = EchoUpstream::start();
     let envoy = start(&echo);
     let url = envoy.url("front");
@@ -520,14 +520,126 @@ async fn errors_are_400_on_requests_and_500_on_responses() {
     assert!(echo.received().iter().all(|r| r.header("x-injected").is_none()));
     assert_eq!(echo.received().len(), 1, "refused requests never reach the upstream");
 
-    // A response template that fails: 500 with the reason.
+    // A response template that fails: 400 with the reason, as Gloo answers (its status for a template error).
     let response = client().get(format!("{url}/errors/response")).send().await.unwrap();
-    assert_eq!(response.status(), 500);
+    assert_eq!(response.status(), 400);
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["filter"], "transformation");
-    assert!(error["error"].as_str().unwrap().starts_with("response transformation failed: "), "{error}");
+    assert!(error["error"].as_str().unwrap().starts_with("bad request: header :status"), "{error}");
     assert_eq!(stat(&envoy, "request_errors"), 3);
     assert_eq!(stat(&envoy, "response_errors"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_filters_own_reply_is_never_transformed() {
+    let echo = EchoUpstream::start();
+    let envoy = start(&echo);
+    let url = envoy.url("front");
+    // The rule has a response transformation (camelCase config): the filter's 400 goes out as it is.
+    let response = client().post(format!("{url}/own-reply")).body("not json").send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.headers().get("x-wrapped").is_none());
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().contains("not valid JSON"), "{error}");
+    // The upstream's answer on the same rule is transformed.
+    let response = client().post(format!("{url}/own-reply")).body(r#"{"name": "Ann"}"#).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-wrapped"], "yes");
+    assert_eq!(response.text().await.unwrap(), "wrapped");
+    assert_eq!(echo.received().len(), 1);
+    assert_eq!(echo.received()[0].body, b"Ann");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emptied_body_has_no_content_type_and_a_zero_length() {
+    let echo = EchoUpstream::start();
+    let envoy = start(&echo);
+    let request = "POST /empty-body HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\
+                   connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let (status, head, body) = raw_http(envoy.port("front"), request.as_bytes());
+    assert_eq!(status, 200);
+    // The upstream got no body, no content-type, and a zero length (not chunked).
+    let received = echo.received();
+    assert_eq!(received.len(), 1);
+    assert!(received[0].body.is_empty());
+    assert_eq!(received[0].header("content-type"), None, "{:?}", received[0].headers);
+    assert_eq!(received[0].header("content-length"), Some("0"), "{:?}", received[0].headers);
+    assert_eq!(received[0].header("transfer-encoding"), None);
+    // The client the same, for the upstream's JSON answer emptied by the response transformation.
+    let head = head.to_ascii_lowercase();
+    assert!(body.is_empty(), "{body:?}");
+    assert!(head.contains("\r\ncontent-length: 0"), "{head}");
+    assert!(!head.contains("content-type"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rendered_pseudo_headers_are_validated_and_the_path_normalised() {
+    let echo = EchoUpstream::start();
+    let envoy = start(&echo);
+    let url = envoy.url("front");
+    // A query value copied into :path: a space would put "HTTP/1.0" into the upstream's request line, a tab too.
+    for to in ["a%20HTTP/1.0%20x", "a%09b", "a%0b", "%C3%A9"] {
+        let response = client().get(format!("{url}/pseudo/path?to={to}")).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{to}");
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"].as_str().unwrap().contains("rendered :path"), "{error}");
+    }
+    // Dot segments are resolved before Envoy selects the route again: the upstream sees /admin, not /api/../../admin.
+    let response = client().get(format!("{url}/pseudo/path?to=../../admin/./x/%2e%2E/y")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["path"], "/admin/y");
+    // :authority must be host[:port], :method a token.
+    for (host, method, reason) in [
+        ("bad host", "GET", ":authority"),
+        ("user@h", "GET", ":authority"),
+        ("h:99999", "GET", ":authority"),
+        ("h", "GE T", ":method"),
+        ("h", "G(T", ":method"),
+    ] {
+        let response = client()
+            .get(format!("{url}/pseudo/authority"))
+            .header("x-host", host)
+            .header("x-method", method)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{host} {method}");
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"].as_str().unwrap().contains(reason), "{error}");
+    }
+    let response = client()
+        .get(format!("{url}/pseudo/authority"))
+        .header("x-host", "example.com:8080")
+        .header("x-method", "PATCH")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["method"], "PATCH");
+    assert_eq!(echo.received().len(), 2, "refused requests never reach the upstream");
+    assert_eq!(echo.received()[1].header("host"), Some("example.com:8080"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_functions_read_cluster_dynamic_and_host_metadata() {
+    let echo = EchoUpstream::start();
+    let envoy = start(&echo);
+    let url = envoy.url("front");
+    let response = client().get(format!("{url}/metadata")).header("x-tenant", "t-1").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The upstream host is known once the response comes (in a downstream filter it is not chosen before).
+    assert_eq!(response.headers()["x-host-md"], "zone-a");
+    let echoed: Value = response.json().await.unwrap();
+    let headers = &echoed["headers"];
+    // The cluster's metadata (Gloo's namespace; `:` separates the parts of a key, Gloo's default).
+    assert_eq!(headers["x-cluster"], "payments", "{echoed}");
+    assert_eq!(headers["x-cluster-deep"], "5.0", "{echoed}");
+    // Dynamic metadata set by header_to_metadata before this filter.
+    assert_eq!(headers["x-dynamic"], "t-1", "{echoed}");
+    assert_eq!(headers["x-host-md"], "[]", "{echoed}");
 }
 
 #[test]

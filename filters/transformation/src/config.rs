@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use base64::Engine as _;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use shared::config::{self, non_empty, ConfigError};
 use shared::matcher::StringMatch;
@@ -16,6 +17,9 @@ use crate::extractor::{Extractor, Mode, Source};
 use crate::transform::{BodySpec, TemplateSpec, TemplateTransformation, Transformation};
 
 pub const FILTER: &str = "transformation";
+
+const XDS_MATCHER: &str = "not supported (xDS matcher trees need Envoy's matching API, which Wasm filters do not \
+have; use `match` / `request_match`)";
 
 /// The applied configuration.
 #[derive(Debug)]
@@ -71,10 +75,20 @@ struct RawConfig {
     /// Gloo logs bodies and headers with this; we never log bodies (accepted, ignored).
     #[serde(default)]
     #[allow(dead_code)]
+    #[serde(alias = "logRequestResponseInfo")]
     log_request_response_info: bool,
+    #[serde(alias = "maxBodySize")]
     max_body_size: Option<ByteSize>,
     #[serde(default)]
+    #[serde(alias = "compressedBodies")]
     compressed_bodies: CompressedBodies,
+    /// Always in effect: upgrades and CONNECT are transformed as messages without a body, never held.
+    #[serde(default)]
+    #[serde(alias = "autoWebsocketPassthrough")]
+    #[allow(dead_code)]
+    auto_websocket_passthrough: bool,
+    /// xDS's generic matcher tree (refused).
+    matcher: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -90,18 +104,23 @@ enum CompressedBodies {
 struct RawRule {
     #[serde(rename = "match", default)]
     matcher: RouteMatch,
+    #[serde(alias = "routeTransformations")]
     route_transformations: Option<RawRouteTransformations>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRouteTransformations {
+    #[serde(alias = "requestTransformation")]
     request_transformation: Option<RawTransformation>,
+    #[serde(alias = "responseTransformation")]
     response_transformation: Option<RawTransformation>,
     /// Envoy re-selects the route whenever a Wasm filter changes request headers: always on.
     #[serde(default)]
     #[allow(dead_code)]
+    #[serde(alias = "clearRouteCache")]
     clear_route_cache: bool,
+    #[serde(alias = "onStreamCompletionTransformation")]
     on_stream_completion_transformation: Option<serde_json::Value>,
     #[serde(default)]
     transformations: Vec<RawRouteTransformation>,
@@ -112,8 +131,12 @@ struct RawRouteTransformations {
 struct RawRouteTransformation {
     #[serde(default)]
     stage: u32,
+    #[serde(alias = "requestMatch")]
     request_match: Option<RawRequestMatch>,
+    #[serde(alias = "responseMatch")]
     response_match: Option<RawResponseMatch>,
+    /// xDS's generic matcher tree (refused).
+    matcher: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -121,10 +144,13 @@ struct RawRouteTransformation {
 struct RawRequestMatch {
     #[serde(rename = "match", default)]
     matcher: RouteMatch,
+    #[serde(alias = "requestTransformation")]
     request_transformation: Option<RawTransformation>,
+    #[serde(alias = "responseTransformation")]
     response_transformation: Option<RawTransformation>,
     #[serde(default)]
     #[allow(dead_code)]
+    #[serde(alias = "clearRouteCache")]
     clear_route_cache: bool,
 }
 
@@ -133,6 +159,7 @@ struct RawRequestMatch {
 struct RawResponseMatch {
     #[serde(rename = "match", default)]
     matcher: RawResponseMatcher,
+    #[serde(alias = "responseTransformation")]
     response_transformation: Option<RawTransformation>,
 }
 
@@ -141,17 +168,24 @@ struct RawResponseMatch {
 struct RawResponseMatcher {
     #[serde(default)]
     headers: Vec<serde_json::Value>,
+    #[serde(alias = "responseCodeDetails")]
     response_code_details: Option<StringMatch>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTransformation {
+    #[serde(alias = "transformationTemplate")]
     transformation_template: Option<RawTemplate>,
+    #[serde(alias = "headerBodyTransform")]
     header_body_transform: Option<RawHeaderBody>,
+    #[serde(alias = "transformerConfig")]
     transformer_config: Option<serde_json::Value>,
+    #[serde(alias = "aiTransformation")]
+    ai_transformation: Option<IgnoredAny>,
     #[serde(default)]
     #[allow(dead_code)]
+    #[serde(alias = "logRequestResponseInfo")]
     log_request_response_info: Option<bool>,
 }
 
@@ -159,6 +193,7 @@ struct RawTransformation {
 #[serde(deny_unknown_fields)]
 struct RawHeaderBody {
     #[serde(default)]
+    #[serde(alias = "addRequestMetadata")]
     add_request_metadata: bool,
 }
 
@@ -177,29 +212,49 @@ struct InjaTemplate {
 #[serde(deny_unknown_fields)]
 struct RawTemplate {
     #[serde(default)]
+    #[serde(alias = "advancedTemplates")]
     advanced_templates: bool,
     #[serde(default)]
     extractors: BTreeMap<String, RawExtraction>,
     #[serde(default)]
     headers: BTreeMap<String, InjaTemplate>,
     #[serde(default)]
+    #[serde(alias = "headersToAppend")]
     headers_to_append: Vec<RawHeaderToAppend>,
     #[serde(default)]
+    #[serde(alias = "headersToRemove")]
     headers_to_remove: Vec<String>,
     body: Option<InjaTemplate>,
     passthrough: Option<Empty>,
+    #[serde(alias = "mergeExtractorsToBody")]
     merge_extractors_to_body: Option<Empty>,
+    #[serde(alias = "mergeJsonKeys")]
     merge_json_keys: Option<RawMergeJsonKeys>,
     #[serde(default)]
+    #[serde(alias = "parseBodyBehavior")]
     parse_body_behavior: ParseBodyBehavior,
     #[serde(default)]
+    #[serde(alias = "ignoreErrorOnParse")]
     ignore_error_on_parse: bool,
     #[serde(default)]
+    #[serde(alias = "dynamicMetadataValues")]
     dynamic_metadata_values: Vec<serde_json::Value>,
     #[serde(default)]
+    #[serde(alias = "escapeCharacters")]
     escape_characters: bool,
     #[serde(default)]
-    data_sources: BTreeMap<String, RawDataSource>,
+    #[serde(alias = "dataSources")]
+    data_sources: BTreeMap<String, serde_json::Value>,
+    /// Limits what Envoy reads from data source files; inline values (the only kind here) have no limit.
+    #[serde(default)]
+    #[serde(alias = "dataSourceMaxSize")]
+    #[allow(dead_code)]
+    data_source_max_size: u32,
+    #[serde(default)]
+    #[serde(alias = "stringDelimiter")]
+    string_delimiter: String,
+    #[serde(alias = "spanTransformer")]
+    span_transformer: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +275,7 @@ struct RawHeaderToAppend {
 #[serde(deny_unknown_fields)]
 struct RawMergeJsonKeys {
     #[serde(default)]
+    #[serde(alias = "jsonKeys")]
     json_keys: BTreeMap<String, RawOverridableTemplate>,
 }
 
@@ -228,6 +284,7 @@ struct RawMergeJsonKeys {
 struct RawOverridableTemplate {
     tmpl: Option<InjaTemplate>,
     #[serde(default)]
+    #[serde(alias = "overrideEmpty")]
     override_empty: bool,
 }
 
@@ -241,6 +298,7 @@ struct RawExtraction {
     regex: String,
     #[serde(default)]
     subgroup: u32,
+    #[serde(alias = "replacementText")]
     replacement_text: Option<String>,
     #[serde(default)]
     mode: RawMode,
@@ -255,21 +313,6 @@ enum RawMode {
     ReplaceAll,
 }
 
-/// Envoy's `DataSource` with an inline value (`inline_string`, `inline_bytes` in base64), or a plain string.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawDataSource {
-    Text(String),
-    Inline(InlineDataSource),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InlineDataSource {
-    inline_string: Option<String>,
-    inline_bytes: Option<String>,
-}
-
 // ---- building --------------------------------------------------------------------------------------------
 
 /// Parses and validates the plugin configuration, with the process environment for `env()`.
@@ -280,6 +323,9 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
 /// Parses with an explicit environment (Gloo reads the environment once, at configuration time).
 pub fn parse_with_env(bytes: &[u8], env: HashMap<String, String>) -> Result<Config, ConfigError> {
     let raw: RawConfig = config::parse(bytes)?;
+    if raw.matcher.is_some() {
+        return Err(ConfigError::at("matcher", XDS_MATCHER));
+    }
     non_empty(&raw.transformations, "transformations")?;
     if raw.stage > 10 {
         return Err(ConfigError::at("stage", "must be at most 10"));
@@ -315,6 +361,9 @@ fn build_rule(raw: RawRule, stage: u32, env: &Rc<HashMap<String, String>>) -> Re
         let path = format!("{at}.transformations[{index}]");
         if entry.stage > 10 {
             return Err(ConfigError::at(format!("{path}.stage"), "must be at most 10"));
+        }
+        if entry.matcher.is_some() {
+            return Err(ConfigError::at(format!("{path}.matcher"), XDS_MATCHER));
         }
         match (entry.request_match, entry.response_match) {
             (Some(_), Some(_)) | (None, None) => {
@@ -381,10 +430,16 @@ fn build_transformation(
     raw: RawTransformation,
     env: &Rc<HashMap<String, String>>,
 ) -> Result<Option<Transformation>, ConfigError> {
+    if raw.ai_transformation.is_some() {
+        return Err(ConfigError::at(
+            "ai_transformation",
+            "not supported (Gloo's AI transformer rewrites streamed LLM chat bodies chunk by chunk; not ported)",
+        ));
+    }
     match (raw.transformation_template, raw.header_body_transform, raw.transformer_config) {
         (None, None, None) => Ok(None),
         (Some(template), None, None) => {
-            let spec = build_spec(template)?;
+            let spec = build_spec(template, env)?;
             let built =
                 TemplateTransformation::build(spec, env.clone()).map_err(|e| e.under("transformation_template"))?;
             Ok(Some(Transformation::Template(Box::new(built))))
@@ -420,8 +475,23 @@ fn header_name(name: &str, path: &str, allow_pseudo: bool) -> Result<String, Con
     }
 }
 
-fn build_spec(raw: RawTemplate) -> Result<TemplateSpec, ConfigError> {
+fn build_spec(raw: RawTemplate, env: &HashMap<String, String>) -> Result<TemplateSpec, ConfigError> {
     let at = "transformation_template";
+    if raw.span_transformer.is_some_and(|s| s.get("name").is_some()) {
+        return Err(ConfigError::at(
+            format!("{at}.span_transformer"),
+            "not supported (a Wasm filter cannot rename the active tracing span)",
+        ));
+    }
+    // Gloo's default, and Gloo's rule: one character.
+    let mut chars = raw.string_delimiter.chars();
+    let delimiter = match (chars.next(), chars.next()) {
+        (None, _) => ':',
+        (Some(c), None) => c,
+        _ => {
+            return Err(ConfigError::at(format!("{at}.string_delimiter"), "must be a single character"));
+        }
+    };
     if !raw.dynamic_metadata_values.is_empty() {
         return Err(ConfigError::at(
             format!("{at}.dynamic_metadata_values"),
@@ -488,22 +558,10 @@ fn build_spec(raw: RawTemplate) -> Result<TemplateSpec, ConfigError> {
     };
     let mut data_sources = BTreeMap::new();
     for (name, source) in raw.data_sources {
-        let value = match source {
-            RawDataSource::Text(text) => text,
-            RawDataSource::Inline(InlineDataSource { inline_string: Some(text), inline_bytes: None }) => text,
-            RawDataSource::Inline(InlineDataSource { inline_string: None, inline_bytes: Some(b64) }) => {
-                let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| {
-                    ConfigError::at(format!("{at}.data_sources.{name}.inline_bytes"), format!("invalid base64: {e}"))
-                })?;
-                String::from_utf8_lossy(&bytes).into_owned()
-            }
-            RawDataSource::Inline(_) => {
-                return Err(ConfigError::at(
-                    format!("{at}.data_sources.{name}"),
-                    "set exactly one of `inline_string`, `inline_bytes` (files are not readable from Wasm)",
-                ))
-            }
-        };
+        let value = data_source(source, env).map_err(|(field, e)| {
+            let path = format!("{at}.data_sources.{name}");
+            ConfigError::at(if field.is_empty() { path } else { format!("{path}.{field}") }, e)
+        })?;
         data_sources.insert(name, value);
     }
     Ok(TemplateSpec {
@@ -517,7 +575,51 @@ fn build_spec(raw: RawTemplate) -> Result<TemplateSpec, ConfigError> {
         ignore_error_on_parse: raw.ignore_error_on_parse,
         escape_characters: raw.escape_characters,
         data_sources,
+        delimiter,
     })
+}
+
+/// One Envoy `DataSource` (a plain string, `inline_string`, `inline_bytes` in base64, `environment_variable` read
+/// at configuration time as Envoy does): its value, or the field at fault and why. Read from the JSON value by hand
+/// (serde's untagged enums cost KBs of .wasm).
+fn data_source(source: serde_json::Value, env: &HashMap<String, String>) -> Result<String, (&'static str, String)> {
+    let object = match source {
+        serde_json::Value::String(text) => return Ok(text),
+        serde_json::Value::Object(object) => object,
+        _ => return Err(("", "expected a string or a DataSource object".into())),
+    };
+    const ONE_OF: &str = "set exactly one of `inline_string`, `inline_bytes`, `environment_variable`";
+    let mut chosen = None;
+    for (name, value) in object {
+        let field = match name.as_str() {
+            "inline_string" | "inlineString" => "inline_string",
+            "inline_bytes" | "inlineBytes" => "inline_bytes",
+            "environment_variable" | "environmentVariable" => "environment_variable",
+            "filename" => "filename",
+            "watched_directory" | "watchedDirectory" => "watched_directory",
+            _ => return Err(("", format!("unknown field `{name}`"))),
+        };
+        if field == "filename" || field == "watched_directory" {
+            let reason = "not supported (a Wasm filter cannot read files; use inline_string or inline_bytes)";
+            return Err((field, reason.into()));
+        }
+        let serde_json::Value::String(text) = value else { return Err((field, "expected a string".into())) };
+        if chosen.replace((field, text)).is_some() {
+            return Err(("", ONE_OF.into()));
+        }
+    }
+    match chosen {
+        Some(("inline_bytes", b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .map_err(|e| ("inline_bytes", format!("invalid base64: {e}"))),
+        Some(("environment_variable", name)) => match env.get(&name) {
+            Some(value) => Ok(value.clone()),
+            None => Err(("environment_variable", format!("{name:?} is not set in the environment"))),
+        },
+        Some((_, text)) => Ok(text),
+        None => Err(("", ONE_OF.into())),
+    }
 }
 
 #[cfg(test)]
@@ -561,7 +663,7 @@ mod tests {
         assert!(!entry.response.as_ref().unwrap().needs_body());
         let headers = vec![(":path".to_string(), "/users/7".to_string())];
         let out = request
-            .apply(Message { request_headers: None, headers, body: br#"{"name": "Bo"}"#, is_request: true })
+            .apply(Message { headers, body: br#"{"name": "Bo"}"#, is_request: true, ..Message::default() })
             .unwrap();
         assert_eq!(out.ops, vec![HeaderOp::Set("x-user-id".into(), "7".into())]);
         assert_eq!(out.body.unwrap(), br#"{"user": "7", "name": "Bo"}"#);
@@ -580,7 +682,7 @@ mod tests {
         let t = config.rules[0].request_matches[0].request.clone().unwrap();
         assert!(t.needs_body());
         let body = br#"{"user": {"name": "n1"}}"#;
-        let out = t.apply(Message { request_headers: None, headers: Vec::new(), body, is_request: true }).unwrap();
+        let out = t.apply(Message { body, is_request: true, ..Message::default() }).unwrap();
         assert_eq!(
             out.ops,
             vec![
@@ -626,6 +728,54 @@ mod tests {
         let t = config.rules[0].request_matches[0].request.clone().unwrap();
         let out = t.apply(Message { is_request: true, ..Message::default() }).unwrap();
         assert_eq!(out.ops, vec![HeaderOp::Set("x-d".into(), "textsbytesenv".into())]);
+    }
+
+    #[test]
+    fn camel_case_names_are_accepted_and_user_names_kept() {
+        // As Gloo's CRDs write them (protobuf's JSON names); the names of headers, extractors, data sources and
+        // JSON keys are the user's and stay as written.
+        let config = parse_with_env(
+            br#"{"autoWebsocketPassthrough": true, "logRequestResponseInfo": false, "transformations": [
+              {"match": {"safeRegex": {"regex": "/u/.*"}, "caseSensitive": false,
+                         "headers": [{"name": "x-m", "exactMatch": "1", "invertMatch": false}],
+                         "queryParameters": [{"name": "q", "stringMatch": {"exact": "v", "ignoreCase": true}}]},
+               "routeTransformations": {"clearRouteCache": true, "transformations": [
+                 {"requestMatch": {"match": {"prefix": "/u"}, "requestTransformation": {"transformationTemplate": {
+                    "advancedTemplates": false, "parseBodyBehavior": "DontParse", "ignoreErrorOnParse": true,
+                    "escapeCharacters": false, "stringDelimiter": ":", "dataSourceMaxSize": 10, "spanTransformer": {},
+                    "extractors": {"myId": {"header": ":path", "regex": "/u/(.*)", "subgroup": 1}},
+                    "dataSources": {"myData": {"inlineString": "d"}, "fromEnv": {"environmentVariable": "E"}},
+                    "headers": {"X-Out": {"text": "{{ myId }}{{ data_source(\"myData\") }}{{ data_source(\"fromEnv\") }}"}},
+                    "headersToAppend": [{"key": "x-app", "value": {"text": "a"}}],
+                    "headersToRemove": ["x-gone"]}}}},
+                 {"responseMatch": {"match": {"responseCodeDetails": {"exact": "via_upstream"}},
+                    "responseTransformation": {"headerBodyTransform": {"addRequestMetadata": true}}}}]}}]}"#,
+            [("E".to_string(), "env".to_string())].into_iter().collect(),
+        )
+        .unwrap();
+        let rule = &config.rules[0];
+        let request = |path: &str| vec![(":path".to_string(), path.to_string()), ("x-m".to_string(), "1".to_string())];
+        assert!(rule.matcher.matches(&request("/u/x?q=V")));
+        assert!(!rule.matcher.matches(&request("/u/x?q=w")));
+        let lower = request("/u/x");
+        assert_eq!(rule.response_matches.len(), 1);
+        let t = rule.request_matches[0].request.clone().unwrap();
+        let out = t.apply(Message { headers: lower, is_request: true, ..Message::default() }).unwrap();
+        assert_eq!(
+            out.ops,
+            vec![
+                HeaderOp::Set("x-out".into(), "xdenv".into()),
+                HeaderOp::Remove("x-gone".into()),
+                HeaderOp::Append("x-app".into(), "a".into()),
+            ]
+        );
+        let merge = parse_ok(
+            r#"{"transformations": [{"route_transformations": {"request_transformation": {"transformation_template": {
+                "mergeJsonKeys": {"jsonKeys": {"keyName": {"tmpl": {"text": "1"}, "overrideEmpty": true}}}}}}}]}"#,
+        );
+        let t = merge.rules[0].request_matches[0].request.clone().unwrap();
+        let out = t.apply(Message { body: b"{}", is_request: true, ..Message::default() }).unwrap();
+        assert_eq!(out.body.unwrap(), br#"{"keyName":1}"#);
     }
 
     #[test]
@@ -676,6 +826,33 @@ mod tests {
             (
                 r#"{"transformations": [{"route_transformations": {"request_transformation": {"transformer_config": {}}}}]}"#.into(),
                 "transformations[0].route_transformations.request_transformation.transformer_config: not supported".into(),
+            ),
+            (
+                r#"{"transformations": [{"route_transformations": {"request_transformation": {"ai_transformation": {}}}}]}"#.into(),
+                "transformations[0].route_transformations.request_transformation.ai_transformation: not supported".into(),
+            ),
+            (r#"{"matcher": {}, "transformations": [{}]}"#.into(), "matcher: not supported (xDS matcher trees".into()),
+            (
+                r#"{"transformations": [{"route_transformations": {"transformations": [{"matcher": {}, "request_match": {}}]}}]}"#.into(),
+                "transformations[0].route_transformations.transformations[0].matcher: not supported".into(),
+            ),
+            (wrap(r#"{"string_delimiter": "::"}"#), format!("{t}.string_delimiter: must be a single character")),
+            (wrap(r#"{"span_transformer": {"name": {"text": "x"}}}"#), format!("{t}.span_transformer: not supported")),
+            (wrap(r#"{"data_sources": {"f": {"filename": "/etc/x"}}}"#), format!("{t}.data_sources.f.filename: not supported")),
+            (
+                wrap(r#"{"data_sources": {"w": {"watchedDirectory": {}}}}"#),
+                format!("{t}.data_sources.w.watched_directory: not supported"),
+            ),
+            (wrap(r#"{"data_sources": {"e": {"environment_variable": "NOPE"}}}"#), format!("{t}.data_sources.e.environment_variable: \"NOPE\" is not set")),
+            (wrap(r#"{"data_sources": {"b": {"inline_bytes": "!"}}}"#), format!("{t}.data_sources.b.inline_bytes: invalid base64")),
+            (wrap(r#"{"data_sources": {"x": {"inline_string": "a", "inline_bytes": "YQ=="}}}"#), format!("{t}.data_sources.x: set exactly one of")),
+            (wrap(r#"{"data_sources": {"x": {}}}"#), format!("{t}.data_sources.x: set exactly one of")),
+            (wrap(r#"{"data_sources": {"x": {"inline": "a"}}}"#), format!("{t}.data_sources.x: unknown field `inline`")),
+            (wrap(r#"{"data_sources": {"x": 1}}"#), format!("{t}.data_sources.x: expected a string or a DataSource")),
+            // camelCase names are the same fields: errors name them in the proto's form.
+            (
+                r#"{"transformations": [{"routeTransformations": {"requestTransformation": {"transformationTemplate": {"parseBodyBehavior": "No"}}}}]}"#.into(),
+                "transformations[0].routeTransformations.requestTransformation.transformationTemplate.parseBodyBehavior: unknown variant".into(),
             ),
         ];
         for (json, expected) in cases {

@@ -5,6 +5,8 @@ pub mod config;
 pub mod extractor;
 pub mod functions;
 pub mod inja;
+pub mod metadata;
+pub mod pseudo_headers;
 pub mod stream;
 pub mod template;
 pub mod transform;

@@ -15,6 +15,7 @@ use shared::LocalReply;
 
 use crate::body::{self, DecodeError, Encoding};
 use crate::config::{self, Config, FILTER};
+use crate::metadata::{self, EnvoyMetadata};
 use crate::transform::{HeaderOp, Message, Transformation};
 
 struct Metrics {
@@ -161,10 +162,20 @@ impl TransformationStream {
             Side::Request => None,
             Side::Response => self.request_headers.clone(),
         };
-        let message = Message { headers, request_headers, body: &decoded, is_request: side == Side::Request };
+        let metadata = read_metadata(host, transformation);
+        let message = Message { headers, request_headers, body: &decoded, is_request: side == Side::Request, metadata };
         let outcome = transformation.apply(message).map_err(Failure::Invalid)?;
+        // As Gloo: a body the transformation made empty is sent without `content-type`, with `content-length: 0`.
+        let emptied = outcome.body.as_ref().is_some_and(Vec::is_empty);
         // A message whose headers ended the stream cannot get a body (the Wasm ABI has no way to add one).
         let new_body = match (outcome.body, body_size) {
+            (Some(new_body), _) if new_body.is_empty() => {
+                if let Some(size) = body_size {
+                    host.set_body(side, size, &[])
+                        .map_err(|err| Failure::Host(format!("cannot replace the body: {err}")))?;
+                }
+                Some(0)
+            }
             (Some(new_body), Some(size)) => {
                 let encoded = if encoding.is_compressed() && filter.config.reencode {
                     body::encode(&new_body, encoding)
@@ -178,6 +189,9 @@ impl TransformationStream {
             _ => None,
         };
         apply_ops(host, side, &outcome.ops);
+        if emptied {
+            set_header(host, side, "content-type", None);
+        }
         if let Some(length) = new_body {
             set_header(host, side, "content-length", Some(&length.to_string()));
             // The length delimits the body now (HTTP/1 chunked framing would contradict it).
@@ -190,8 +204,11 @@ impl TransformationStream {
         Ok(())
     }
 
-    /// The request cannot go on: the client gets the error and the upstream nothing.
-    fn request_failed(&self, failure: Failure) -> Flow {
+    /// The request cannot go on: the client gets the error and the upstream nothing. The reply is the filter's own:
+    /// no response transformation applies to it.
+    fn request_failed(&mut self, failure: Failure) -> Flow {
+        self.rule = None;
+        self.response = None;
         let metrics = &self.filter.metrics;
         let (status, message, details) = match failure {
             Failure::Invalid(reason) => {
@@ -211,8 +228,8 @@ impl TransformationStream {
         Flow::Reply(LocalReply::error(FILTER, status, &message, self.is_grpc).with_details(details))
     }
 
-    /// The response cannot be transformed: it becomes the error (500, or 413 for a body over the limit), as in
-    /// Gloo. Its headers are still held here, so status, headers and `content-length` are set now; the error body
+    /// The response cannot be transformed: it becomes the error, as in Gloo (400 `bad request: <reason>` for a
+    /// render or JSON error, 413 for a body over the limit; 500 when Envoy refused the body). Its headers are still held here, so status, headers and `content-length` are set now; the error body
     /// replaces the buffered body (`body_size`), or the first body chunk still to come (`None`).
     fn response_failed(&mut self, host: &dyn Host, failure: Failure, body_size: Option<usize>, end_of_stream: bool) {
         let metrics = &self.filter.metrics;
@@ -221,7 +238,11 @@ impl TransformationStream {
                 metrics.body_too_large.inc();
                 (413, self.filter.limit.too_large_message())
             }
-            Failure::Invalid(reason) | Failure::Host(reason) => {
+            Failure::Invalid(reason) => {
+                metrics.response_errors.inc();
+                (400, format!("bad request: {reason}"))
+            }
+            Failure::Host(reason) => {
                 metrics.response_errors.inc();
                 (500, format!("response transformation failed: {reason}"))
             }
@@ -272,6 +293,38 @@ impl TransformationStream {
             })
             .map(|m| m.response.clone())
     }
+}
+
+/// The Envoy metadata the transformation's templates read, and nothing else (each property is a host call).
+fn read_metadata(host: &dyn Host, transformation: &Transformation) -> EnvoyMetadata {
+    let needs = transformation.metadata_needs();
+    let mut metadata = EnvoyMetadata::default();
+    if needs.cluster {
+        metadata.cluster = read_property(host, &metadata::CLUSTER);
+    }
+    if needs.dynamic {
+        metadata.dynamic = read_property(host, &metadata::DYNAMIC);
+    }
+    if needs.host {
+        metadata.host = read_property(host, &metadata::HOST);
+    }
+    metadata
+}
+
+/// A metadata property; `null` where Envoy has none here (no upstream host yet) or cannot give it.
+fn read_property(host: &dyn Host, path: &[&str]) -> serde_json::Value {
+    let bytes = match host.property(path) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return serde_json::Value::Null,
+        Err(err) => {
+            log::warn!("{FILTER}: metadata property {path:?} unavailable: {err}");
+            return serde_json::Value::Null;
+        }
+    };
+    metadata::decode(&bytes).unwrap_or_else(|err| {
+        log::warn!("{FILTER}: metadata property {path:?}: {err}");
+        serde_json::Value::Null
+    })
 }
 
 fn set_header(host: &dyn Host, side: Side, name: &str, value: Option<&str>) {

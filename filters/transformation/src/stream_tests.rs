@@ -24,11 +24,24 @@ const CONFIG: &str = r#"{"max_body_size": "64", "transformations": [
                  "x-upstream-says": {"text": "{{ message }}"}},
      "body": {"text": "{{ upper(message) }}"}}}}},
   {"match": {"prefix": "/error-headers"}, "route_transformations": {"response_transformation": {"transformation_template": {
-     "headers": {"x-v": {"text": "{{ data_source(\"missing\") }}"}}}}}},
+     "headers": {":status": {"text": "not a status"}}}}}},
   {"match": {"prefix": "/error-body"}, "route_transformations": {"response_transformation": {"transformation_template": {
      "body": {"text": "{{ missing_field }}"}}}}},
   {"match": {"prefix": "/no-change"}, "route_transformations": {"request_transformation": {"transformation_template": {
-     "headers": {"x-a": {"text": "a"}}}}}}
+     "headers": {"x-a": {"text": "a"}}}}}},
+  {"match": {"prefix": "/own-reply"}, "routeTransformations": {
+     "requestTransformation": {"transformationTemplate": {"body": {"text": "{{ name }}"}}},
+     "responseTransformation": {"transformationTemplate": {"headers": {"x-wrapped": {"text": "yes"}},
+        "body": {"text": "wrapped"}}}}},
+  {"match": {"prefix": "/empty"}, "route_transformations": {
+     "request_transformation": {"transformation_template": {"body": {"text": ""}, "parse_body_behavior": "DontParse"}},
+     "response_transformation": {"transformation_template": {"body": {"text": ""}, "parse_body_behavior": "DontParse"}}}},
+  {"match": {"prefix": "/rewrite"}, "route_transformations": {"request_transformation": {"transformation_template": {
+     "headers": {":path": {"text": "{{ header(\"x-path\") }}"}, ":authority": {"text": "{{ header(\"x-host\") }}"}}}}}},
+  {"match": {"prefix": "/metadata"}, "route_transformations": {"request_transformation": {"transformation_template": {
+     "string_delimiter": "/",
+     "headers": {"x-c": {"text": "{{ cluster_metadata(\"a/b\") }}"}, "x-d": {"text": "{{ dynamic_metadata(\"k\", \"ns\") }}"},
+                 "x-h": {"text": "[{{ host_metadata(\"k\") }}]"}}}}}}
 ]}"#;
 
 fn filter(config: &str) -> Rc<TransformationFilter> {
@@ -270,14 +283,14 @@ fn response_body_transformation_sets_status_headers_body_and_length() {
 }
 
 #[test]
-fn a_failing_header_only_response_transformation_becomes_a_500() {
+fn a_failing_header_only_response_transformation_becomes_a_400() {
     let mut s = stream();
     let host = FakeHost::with_request(&[(":method", "GET"), (":path", "/error-headers")]);
     assert_eq!(s.on_request_headers(&host, true), Flow::Continue);
     host.set_response(&[(":status", "200"), ("content-length", "11"), ("content-encoding", "gzip")], b"hello world");
     // Not held: the headers go on as the error, and the upstream's body is replaced as it streams.
     assert_eq!(s.on_response_headers(&host, false), Flow::Continue);
-    assert_eq!(host.header_of(Side::Response, ":status").as_deref(), Some("500"));
+    assert_eq!(host.header_of(Side::Response, ":status").as_deref(), Some("400"));
     assert_eq!(host.header_of(Side::Response, "content-encoding"), None);
     assert_eq!(host.header_of(Side::Response, "content-type").as_deref(), Some("application/json"));
     let length: usize = host.header_of(Side::Response, "content-length").unwrap().parse().unwrap();
@@ -287,7 +300,7 @@ fn a_failing_header_only_response_transformation_becomes_a_500() {
     let error = host.response_body.borrow().clone();
     assert_eq!(error.len(), length);
     let body: Value = serde_json::from_slice(&error).unwrap();
-    assert!(body["error"].as_str().unwrap().starts_with("response transformation failed: "), "{body}");
+    assert!(body["error"].as_str().unwrap().starts_with("bad request: header :status"), "{body}");
     // The rest of the upstream's body is dropped.
     *host.response_body.borrow_mut() = b"more".to_vec();
     assert_eq!(s.on_response_body(&host, 4, true), Flow::Continue);
@@ -300,7 +313,7 @@ fn a_failing_header_only_response_transformation_becomes_a_500() {
     assert_eq!(s.on_request_headers(&host, true), Flow::Continue);
     host.set_response(&[(":status", "204")], b"");
     assert_eq!(s.on_response_headers(&host, true), Flow::Continue);
-    assert_eq!(host.header_of(Side::Response, ":status").as_deref(), Some("500"));
+    assert_eq!(host.header_of(Side::Response, ":status").as_deref(), Some("400"));
     assert_eq!(host.header_of(Side::Response, "content-length").as_deref(), Some("0"));
 }
 
@@ -312,7 +325,8 @@ fn a_failing_response_body_transformation_replaces_the_response() {
     host.set_response(&[(":status", "200"), ("content-length", "2")], b"{}");
     assert_eq!(s.on_response_headers(&host, false), Flow::Buffer);
     assert_eq!(s.on_response_body(&host, 2, true), Flow::Continue);
-    assert_eq!(host.header_of(Side::Response, ":status").as_deref(), Some("500"));
+    // As Gloo: a failed response transformation is a 400 `bad request: <reason>`.
+    assert_eq!(host.header_of(Side::Response, ":status").as_deref(), Some("400"));
     let error = host.response_body.borrow().clone();
     assert_eq!(host.header_of(Side::Response, "content-length"), Some(error.len().to_string()));
     let body: Value = serde_json::from_slice(&error).unwrap();
@@ -357,7 +371,7 @@ fn a_switching_protocols_answer_is_not_held() {
     host.set_response(&[(":status", "101"), ("upgrade", "websocket")], b"");
     // The body template has no body to read: `message` is undefined, the response becomes the error at once.
     assert_eq!(s.on_response_headers(&host, false), Flow::Continue);
-    assert_eq!(host.header_of(Side::Response, ":status").as_deref(), Some("500"));
+    assert_eq!(host.header_of(Side::Response, ":status").as_deref(), Some("400"));
 }
 
 #[test]
@@ -367,4 +381,105 @@ fn unchanged_bodies_keep_their_framing() {
     assert_eq!(s.on_request_headers(&host, false), Flow::Continue);
     assert_eq!(host.header_of(Side::Request, "x-a").as_deref(), Some("a"));
     assert_eq!(host.header_of(Side::Request, "transfer-encoding").as_deref(), Some("chunked"));
+}
+
+#[test]
+fn the_filters_own_reply_is_not_transformed() {
+    let mut s = stream();
+    let host = post("/own-reply", &[], b"not json");
+    assert_eq!(s.on_request_headers(&host, false), Flow::Buffer);
+    let reply = reply(s.on_request_body(&host, 8, true));
+    assert_eq!(reply.status, 400);
+    // Envoy sends the local reply through the filter's response callbacks: they leave it alone.
+    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    host.set_response(&[&[(":status", "400")], headers.as_slice()].concat(), &reply.body);
+    assert_eq!(s.on_response_headers(&host, false), Flow::Continue);
+    assert_eq!(s.on_response_body(&host, reply.body.len(), true), Flow::Continue);
+    assert_eq!(host.header_of(Side::Response, "x-wrapped"), None);
+    assert_eq!(*host.response_body.borrow(), reply.body);
+
+    // An upstream's answer on the same rule is transformed (the camelCase config works).
+    let mut s = stream();
+    let host = post("/own-reply", &[], br#"{"name": "Ann"}"#);
+    assert_eq!(s.on_request_headers(&host, false), Flow::Buffer);
+    assert_eq!(s.on_request_body(&host, 15, true), Flow::Continue);
+    assert_eq!(request_body(&host), b"Ann");
+    host.set_response(&[(":status", "200")], b"{}");
+    assert_eq!(s.on_response_headers(&host, false), Flow::Buffer);
+    assert_eq!(s.on_response_body(&host, 2, true), Flow::Continue);
+    assert_eq!(host.header_of(Side::Response, "x-wrapped").as_deref(), Some("yes"));
+}
+
+#[test]
+fn an_emptied_body_has_no_content_type_and_a_zero_length() {
+    let mut s = stream();
+    let host = post("/empty", &[("content-type", "text/plain"), ("transfer-encoding", "chunked")], b"abc");
+    assert_eq!(s.on_request_headers(&host, false), Flow::Buffer);
+    assert_eq!(s.on_request_body(&host, 3, true), Flow::Continue);
+    assert!(request_body(&host).is_empty());
+    assert_eq!(host.header_of(Side::Request, "content-type"), None);
+    assert_eq!(host.header_of(Side::Request, "content-length").as_deref(), Some("0"));
+    assert_eq!(host.header_of(Side::Request, "transfer-encoding"), None);
+
+    host.set_response(&[(":status", "200"), ("content-type", "application/json")], b"{}");
+    assert_eq!(s.on_response_headers(&host, false), Flow::Buffer);
+    assert_eq!(s.on_response_body(&host, 2, true), Flow::Continue);
+    assert!(host.response_body.borrow().is_empty());
+    assert_eq!(host.header_of(Side::Response, "content-type"), None);
+    assert_eq!(host.header_of(Side::Response, "content-length").as_deref(), Some("0"));
+
+    // A response whose headers end the stream: the headers say the same.
+    let mut s = stream();
+    let host = post("/empty", &[], b"");
+    assert_eq!(s.on_request_headers(&host, true), Flow::Continue);
+    host.set_response(&[(":status", "200"), ("content-type", "text/plain")], b"");
+    assert_eq!(s.on_response_headers(&host, true), Flow::Continue);
+    assert_eq!(host.header_of(Side::Response, "content-type"), None);
+    assert_eq!(host.header_of(Side::Response, "content-length").as_deref(), Some("0"));
+}
+
+#[test]
+fn rendered_pseudo_headers_are_checked_and_the_path_normalised() {
+    let rewrite = |path: &str, authority: &str| {
+        let mut s = stream();
+        let host = FakeHost::with_request(&[
+            (":method", "GET"),
+            (":path", "/rewrite"),
+            (":authority", "in"),
+            ("x-path", path),
+            ("x-host", authority),
+        ]);
+        let flow = s.on_request_headers(&host, true);
+        (flow, host)
+    };
+    let (flow, host) = rewrite("/api/../../admin/./x?q=/../", "example.com:8080");
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(host.header_of(Side::Request, ":path").as_deref(), Some("/admin/x?q=/../"));
+    assert_eq!(host.header_of(Side::Request, ":authority").as_deref(), Some("example.com:8080"));
+    for (path, authority, reason) in [
+        ("/api/a HTTP/1.0 x", "h", "whitespace"),
+        ("/a\tb", "h", "whitespace"),
+        ("/a", "h h", "not host[:port]"),
+        ("/a", "user@h", "not host[:port]"),
+    ] {
+        let (flow, host) = rewrite(path, authority);
+        let error = error_of(&reply(flow));
+        assert!(error.contains(reason), "{path:?} {authority:?}: {error}");
+        assert_eq!(host.header_of(Side::Request, ":path").as_deref(), Some("/rewrite"), "nothing changed");
+    }
+}
+
+#[test]
+fn metadata_functions_read_envoy_metadata() {
+    let mut s = stream();
+    let host = FakeHost::with_request(&[(":method", "GET"), (":path", "/metadata")]);
+    let cluster = json!({"io.solo.transformation": {"a": {"b": "nested"}}});
+    let dynamic = json!({"ns": {"k": 7}});
+    host.properties.borrow_mut().insert("xds.cluster_metadata".into(), crate::metadata::tests::encode(&cluster));
+    host.properties.borrow_mut().insert("metadata".into(), crate::metadata::tests::encode(&dynamic));
+    assert_eq!(s.on_request_headers(&host, true), Flow::Continue);
+    assert_eq!(host.header_of(Side::Request, "x-c").as_deref(), Some("nested"));
+    assert_eq!(host.header_of(Side::Request, "x-d").as_deref(), Some("7.0"));
+    // No upstream host in a request filter: null, printed as nothing.
+    assert_eq!(host.header_of(Side::Request, "x-h").as_deref(), Some("[]"));
 }

@@ -13,7 +13,9 @@ use shared::ConfigError;
 use crate::body::set_dotted;
 use crate::extractor::{Extractor, Source};
 use crate::functions::is_function;
-use crate::template::{RenderData, Templates};
+use crate::metadata::{EnvoyMetadata, MetadataNeeds};
+use crate::pseudo_headers::{check_authority, check_method, normalize_path};
+use crate::template::{Metadata, RenderData, Templates};
 
 /// The message a transformation reads.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +27,8 @@ pub struct Message<'a> {
     /// The (decoded) body; empty when the transformation does not need it.
     pub body: &'a [u8],
     pub is_request: bool,
+    /// The Envoy metadata the transformation's templates read ([`Transformation::metadata_needs`]).
+    pub metadata: EnvoyMetadata,
 }
 
 /// A change to the message's headers, in the order it must be applied.
@@ -58,6 +62,14 @@ impl Transformation {
         match self {
             Transformation::Template(t) => t.needs_body,
             Transformation::HeaderBody { .. } => true,
+        }
+    }
+
+    /// The Envoy metadata the templates read (each kind is a host call to get).
+    pub fn metadata_needs(&self) -> MetadataNeeds {
+        match self {
+            Transformation::Template(t) => t.metadata_needs,
+            Transformation::HeaderBody { .. } => MetadataNeeds::default(),
         }
     }
 
@@ -98,6 +110,8 @@ pub struct TemplateSpec {
     pub ignore_error_on_parse: bool,
     pub escape_characters: bool,
     pub data_sources: BTreeMap<String, String>,
+    /// Gloo's `string_delimiter`: separates the parts of a metadata key.
+    pub delimiter: char,
 }
 
 /// A `TransformationTemplate` with its templates parsed.
@@ -111,6 +125,7 @@ pub struct TemplateTransformation {
     env: Rc<HashMap<String, String>>,
     data_sources: Rc<BTreeMap<String, String>>,
     needs_body: bool,
+    metadata_needs: MetadataNeeds,
 }
 
 impl TemplateTransformation {
@@ -131,18 +146,27 @@ impl TemplateTransformation {
             append_templates.push((name.clone(), id));
         }
         let mut merge_templates = Vec::new();
+        let mut ids: Vec<String> = header_templates.iter().chain(&append_templates).map(|(_, id)| id.clone()).collect();
         match &spec.body {
             BodySpec::Template(text) => {
                 templates.add("body", text, pointer).map_err(|e| ConfigError::at("body.text", e))?;
+                ids.push("body".to_string());
             }
             BodySpec::MergeJsonKeys(keys) => {
                 for (name, text, override_empty) in keys {
                     let id = format!("merge_json_keys.json_keys.{name}.tmpl");
                     templates.add(&id, text, pointer).map_err(|e| ConfigError::at(format!("{id}.text"), e))?;
+                    ids.push(id.clone());
                     merge_templates.push((name.clone(), id, *override_empty));
                 }
             }
             _ => {}
+        }
+        let mut metadata_needs = MetadataNeeds::default();
+        for id in &ids {
+            for name in templates.undeclared_variables(id) {
+                metadata_needs.add(&name);
+            }
         }
         let mut transformation = TemplateTransformation {
             data_sources: Rc::new(spec.data_sources.clone()),
@@ -153,6 +177,7 @@ impl TemplateTransformation {
             merge_templates,
             env,
             needs_body: false,
+            metadata_needs,
         };
         transformation.needs_body = transformation.compute_needs_body();
         Ok(transformation)
@@ -241,7 +266,12 @@ impl TemplateTransformation {
             env: self.env.clone(),
             data_sources: self.data_sources.clone(),
             randoms: Default::default(),
-            metadata: Default::default(),
+            metadata: Metadata {
+                cluster: message.metadata.cluster,
+                dynamic: message.metadata.dynamic,
+                host: message.metadata.host,
+                delimiter: spec.delimiter,
+            },
         };
 
         // The body first (headers see the original body), as Gloo does; it replaces the old one at the end.
@@ -265,8 +295,7 @@ impl TemplateTransformation {
         // Headers, in Gloo's order: `headers` (set; empty removes), `headers_to_remove`, `headers_to_append`.
         let mut ops = Vec::new();
         for (name, id) in &self.header_templates {
-            let value = self.templates.render(id, &data)?;
-            check_header(name, &value)?;
+            let value = check_header(name, self.templates.render(id, &data)?)?;
             data.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
             if !value.is_empty() {
                 data.headers.push((name.clone(), value.clone()));
@@ -286,7 +315,7 @@ impl TemplateTransformation {
             if value.is_empty() {
                 continue;
             }
-            check_header(name, &value)?;
+            let value = check_header(name, value)?;
             data.headers.push((name.clone(), value.clone()));
             let op = if name.starts_with(':') {
                 HeaderOp::Set(name.clone(), value)
@@ -303,24 +332,25 @@ fn first<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
     headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
-/// A rendered header value must be forwardable: no CR, LF or NUL; pseudo-headers must stay valid.
-fn check_header(name: &str, value: &str) -> Result<(), String> {
-    if !is_safe_header_value(value) {
+/// A rendered header value must be forwardable: no CR, LF or NUL; pseudo-headers must stay valid (a `:path` is
+/// normalised: the value to send is returned).
+fn check_header(name: &str, value: String) -> Result<String, String> {
+    if !is_safe_header_value(&value) {
         return Err(format!("header {name}: rendered value contains CR, LF or NUL"));
     }
     match name {
-        ":status" if value.is_empty() => Ok(()),
+        ":status" if value.is_empty() => Ok(value),
         ":status" => match value.trim().parse::<u16>() {
-            Ok(code) if (100..=999).contains(&code) => Ok(()),
+            Ok(code) if (100..=999).contains(&code) => Ok(value),
             _ => Err(format!("header :status: rendered value {value:?} is not a status code")),
         },
         ":path" | ":method" | ":authority" if value.is_empty() => {
             Err(format!("header {name}: rendered value is empty"))
         }
-        ":method" if !value.bytes().all(|b| b.is_ascii_alphabetic()) => {
-            Err(format!("header :method: rendered value {value:?} is not a method"))
-        }
-        _ => Ok(()),
+        ":path" => normalize_path(&value),
+        ":method" => check_method(&value).map(|()| value),
+        ":authority" => check_authority(&value).map(|()| value),
+        _ => Ok(value),
     }
 }
 
@@ -390,6 +420,7 @@ mod tests {
             ignore_error_on_parse: false,
             escape_characters: false,
             data_sources: BTreeMap::new(),
+            delimiter: ':',
         }
     }
 
@@ -399,7 +430,7 @@ mod tests {
 
     fn request(headers: &[(&str, &str)], body: &'static [u8]) -> Message<'static> {
         let headers = pairs(headers);
-        Message { request_headers: None, headers, body, is_request: true }
+        Message { headers, body, is_request: true, ..Message::default() }
     }
 
     fn build(spec: TemplateSpec) -> TemplateTransformation {
@@ -658,6 +689,7 @@ mod tests {
             request_headers: Some(Rc::new(pairs(&[("x-req", "r")]))),
             body: b"",
             is_request: false,
+            metadata: Default::default(),
         };
         let out = build(s).apply(message).unwrap();
         assert_eq!(out.ops, vec![HeaderOp::Set("x-echo".into(), "r/200".into())]);
