@@ -95,6 +95,8 @@ fn dist_holds_the_modules_their_sums_and_one_compat_image_per_filter() {
         let wasm = dist.join(format!("{filter}.wasm"));
         let bytes = std::fs::read(&wasm).unwrap();
         assert_eq!(&bytes[..4], b"\0asm", "{filter}.wasm is not a Wasm module");
+        // The README promises every module under 1 MiB (Envoy fetches and compiles it on every worker).
+        assert!(bytes.len() < 1 << 20, "{filter}.wasm is {} bytes, over 1 MiB", bytes.len());
         assert_eq!(bytes, std::fs::read(paths::wasm_file(filter)).unwrap(), "{filter}.wasm is not the build output");
         assert_eq!(sums[&format!("{filter}.wasm")], sha256(&wasm));
 

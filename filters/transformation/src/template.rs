@@ -45,13 +45,13 @@ pub struct Metadata {
     pub dynamic: Value,
     /// The upstream host's metadata (`xds.upstream_host_metadata`), where Envoy has chosen one.
     pub host: Value,
-    /// Gloo's `string_delimiter`: what separates the parts of a metadata key (default `.`).
+    /// Gloo's `string_delimiter`: what separates the parts of a metadata key (default `:`, as in Gloo).
     pub delimiter: char,
 }
 
 impl Default for Metadata {
     fn default() -> Self {
-        Metadata { cluster: Value::Null, dynamic: Value::Null, host: Value::Null, delimiter: '.' }
+        Metadata { cluster: Value::Null, dynamic: Value::Null, host: Value::Null, delimiter: ':' }
     }
 }
 
