@@ -488,7 +488,7 @@ async fn errors_are_400_on_requests_and_on_responses_as_in_gloo() {
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.unwrap();
     assert!(error["error"].as_str().unwrap().starts_with("bad request: "), "{error}");
-    assert!(error["error"].as_str().unwrap().contains("undefined"), "{error}");
+    assert!(error["error"].as_str().unwrap().contains("not found"), "{error}");
     // An unparsable JSON body: 400.
     let response = client().post(format!("{url}/errors/request")).body("{not json").send().await.unwrap();
     assert_eq!(response.status(), 400);

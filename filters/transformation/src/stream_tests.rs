@@ -330,7 +330,7 @@ fn a_failing_response_body_transformation_replaces_the_response() {
     let error = host.response_body.borrow().clone();
     assert_eq!(host.header_of(Side::Response, "content-length"), Some(error.len().to_string()));
     let body: Value = serde_json::from_slice(&error).unwrap();
-    assert!(body["error"].as_str().unwrap().contains("undefined"), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("not found"), "{body}");
     assert!(host.replies.borrow().is_empty(), "a response error is the response, not a local reply");
 }
 

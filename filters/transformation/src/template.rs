@@ -94,8 +94,7 @@ impl Templates {
         let mut out = String::new();
         renderer.nodes(&template.nodes, &mut out, 0).map_err(|e| {
             let (line, column) = inja::line_column(&template.source, e.pos.unwrap_or(0));
-            let undefined = if e.undefined { "undefined; " } else { "" };
-            format!("[inja.exception.render_error] (at {line}:{column}) {} ({undefined}in {name})", e.message)
+            format!("[inja.exception.render_error] (at {line}:{column}) {} (in {name})", e.message)
         })?;
         Ok(out)
     }
@@ -1010,9 +1009,9 @@ mod tests {
         assert!(err.contains("headers.x-a"), "{err}");
         assert!(err.contains("syntax error"), "{err}");
         let err = render_with("{{ missing }}", false, false).unwrap_err();
-        assert!(err.contains("undefined"), "{err}");
+        assert!(err.contains("variable 'missing' not found"), "{err}");
         let err = render_with("{{ missing.x }}", false, false).unwrap_err();
-        assert!(err.contains("undefined"), "{err}");
+        assert!(err.contains("not found"), "{err}");
         assert!(render_with("{{ nope(1) }}", false, false).is_err());
         // Jinja's filter and test libraries are not compiled in (inja has neither): use the functions.
         assert!(render_with("{{ name | upper }}", false, false).is_err());
@@ -1185,7 +1184,7 @@ mod tests {
             assert_eq!(err, expected, "{bad}");
         }
         let err = render_with("{% if true %}\n  {{ 1 + x }}{% endif %}", false, false).unwrap_err();
-        assert_eq!(err, "[inja.exception.render_error] (at 2:10) variable 'x' not found (undefined; in t)");
+        assert_eq!(err, "[inja.exception.render_error] (at 2:10) variable 'x' not found (in t)");
     }
 
     #[test]

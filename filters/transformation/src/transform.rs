@@ -550,7 +550,7 @@ mod tests {
         let t = build(s);
         assert!(t.needs_body, "an unknown name may come from the JSON body");
         let err = t.apply(request(&[], b"{}")).unwrap_err();
-        assert!(err.contains("undefined"), "{err}");
+        assert!(err.contains("not found"), "{err}");
         assert_eq!(
             t.apply(request(&[], br#"{"missing_field": 1}"#)).unwrap().ops[0],
             HeaderOp::Set("x-a".into(), "1".into())
