@@ -657,7 +657,7 @@ fn bad_configurations_are_refused_with_the_template_named() {
                 {"extractors": {"e": {"header": "x", "regex": "(a)", "subgroup": 3}}}}}}]}"#,
             "transformation_template.extractors.e: group 3 requested for regex with only 1 sub groups",
         ),
-        (r#"{"transformations": []}"#, "transformation: invalid configuration: transformations: must not be empty"),
+        (r#"{"stage": 11}"#, "transformation: invalid configuration: stage: must be at most 10"),
     ];
     for (config, message) in cases {
         let log = EnvoyConfig::new("transformation.yaml")

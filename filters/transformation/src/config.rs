@@ -9,7 +9,7 @@ use std::rc::Rc;
 use base64::Engine as _;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use shared::config::{self, non_empty, ConfigError};
+use shared::config::{self, ConfigError};
 use shared::matcher::StringMatch;
 use shared::{ByteSize, RouteMatch};
 
@@ -69,6 +69,8 @@ impl Config {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// No rules is a filter that does nothing, as in Gloo (whose rules often live on routes).
+    #[serde(default)]
     transformations: Vec<RawRule>,
     #[serde(default)]
     stage: u32,
@@ -326,7 +328,6 @@ pub fn parse_with_env(bytes: &[u8], env: HashMap<String, String>) -> Result<Conf
     if raw.matcher.is_some() {
         return Err(ConfigError::at("matcher", XDS_MATCHER));
     }
-    non_empty(&raw.transformations, "transformations")?;
     if raw.stage > 10 {
         return Err(ConfigError::at("stage", "must be at most 10"));
     }
@@ -787,7 +788,7 @@ mod tests {
         };
         let t = "transformations[0].route_transformations.request_transformation.transformation_template";
         let cases: Vec<(String, String)> = vec![
-            (r#"{"transformations": []}"#.into(), "transformations: must not be empty".into()),
+            (r#"{"transformations": [], "stage": 11}"#.into(), "stage: must be at most 10".into()),
             (r#"{"transformations": [{"match": {"path": 1}}]}"#.into(), "transformations[0].match.path: invalid type".into()),
             (r#"{"transformation": []}"#.into(), "unknown field `transformation`".into()),
             (wrap(r#"{"headers": {"x-a": {"text": "{{ nope"}}}"#), format!("{t}.headers.x-a.text: syntax error")),

@@ -84,8 +84,8 @@ fn request_body(host: &FakeHost) -> Vec<u8> {
 
 #[test]
 fn configure_refuses_bad_configurations_with_the_path() {
-    let err = TransformationFilter::configure(&FakeHost::default(), br#"{"transformations": []}"#, None).err().unwrap();
-    assert_eq!(err, "transformations: must not be empty");
+    let err = TransformationFilter::configure(&FakeHost::default(), br#"{"stage": 11}"#, None).err().unwrap();
+    assert_eq!(err, "stage: must be at most 10");
 }
 
 #[test]
