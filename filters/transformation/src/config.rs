@@ -537,11 +537,16 @@ fn build_spec(raw: RawTemplate, env: &HashMap<String, String>) -> Result<Templat
         (None, Some(_), None, None) => BodySpec::Passthrough,
         (None, None, Some(_), None) => BodySpec::MergeExtractorsToBody,
         (None, None, None, Some(m)) => {
+            let at = format!("{at}.merge_json_keys");
             if !parse_json {
-                return Err(ConfigError::at(
-                    format!("{at}.merge_json_keys"),
-                    "MergeJsonKeys requires parsing the body",
-                ));
+                return Err(ConfigError::at(at, "MergeJsonKeys requires parsing the body"));
+            }
+            // Gloo's checks: keys are top-level names (dots are kept free for nested keys later).
+            if raw.advanced_templates {
+                return Err(ConfigError::at(at, "MergeJsonKeys is not supported with advanced templates"));
+            }
+            if let Some(name) = m.json_keys.keys().find(|name| name.contains('.')) {
+                return Err(ConfigError::at(format!("{at}.json_keys.{name}"), "a key name cannot contain '.'"));
             }
             BodySpec::MergeJsonKeys(
                 m.json_keys
@@ -813,6 +818,14 @@ mod tests {
             (
                 wrap(r#"{"merge_json_keys": {"json_keys": {}}, "parse_body_behavior": "DontParse"}"#),
                 format!("{t}.merge_json_keys: MergeJsonKeys requires parsing the body"),
+            ),
+            (
+                wrap(r#"{"merge_json_keys": {"json_keys": {}}, "advanced_templates": true}"#),
+                format!("{t}.merge_json_keys: MergeJsonKeys is not supported with advanced templates"),
+            ),
+            (
+                wrap(r#"{"merge_json_keys": {"json_keys": {"a.b": {"tmpl": {"text": "1"}}}}}"#),
+                format!("{t}.merge_json_keys.json_keys.a.b: a key name cannot contain '.'"),
             ),
             (wrap(r#"{"headers": {"bad name": {"text": "x"}}}"#), format!("{t}.headers.bad name: invalid header name")),
             (wrap(r#"{"headers_to_remove": [":path"]}"#), format!("{t}.headers_to_remove[0]: pseudo-header")),

@@ -283,7 +283,10 @@ impl TemplateTransformation {
                 for (name, id, override_empty) in &self.merge_templates {
                     let rendered = self.templates.render(id, &data)?;
                     if !rendered.is_empty() || *override_empty {
-                        let value = serde_json::from_str(&rendered).unwrap_or(Value::String(rendered));
+                        // As in Gloo, the rendered text must be JSON (a string value is rendered with its quotes).
+                        let value = serde_json::from_str(&rendered).map_err(|e| {
+                            format!("merge_json_keys.json_keys.{name}: the rendered value is not JSON ({e})")
+                        })?;
                         set_dotted(&mut merged, name, value)?;
                     }
                 }
@@ -605,17 +608,24 @@ mod tests {
 
     #[test]
     fn merge_json_keys_parses_json_and_skips_empty() {
-        let mut s = spec();
-        s.body = BodySpec::MergeJsonKeys(vec![
-            ("a.b".into(), "{{ header(\"x-n\") }}".into(), false),
-            ("s".into(), "text".into(), false),
-            ("skipped".into(), "".into(), false),
-            ("emptied".into(), "".into(), true),
-            ("keep".into(), "{\"x\": [1]}".into(), false),
-        ]);
-        let out = build(s).apply(request(&[("x-n", "5")], br#"{"emptied": 1, "skipped": 2}"#)).unwrap();
+        let merge = |keys: Vec<(&str, &str, bool)>| {
+            let mut s = spec();
+            s.body = BodySpec::MergeJsonKeys(keys.into_iter().map(|(n, t, o)| (n.into(), t.into(), o)).collect());
+            build(s).apply(request(&[("x-n", "5")], br#"{"skipped": 2}"#))
+        };
+        let out = merge(vec![
+            ("n", "{{ header(\"x-n\") }}", false),
+            ("s", "\"text\"", false),
+            ("skipped", "", false),
+            ("keep", "{\"x\": [1]}", false),
+        ])
+        .unwrap();
         let body: Value = serde_json::from_slice(&out.body.unwrap()).unwrap();
-        assert_eq!(body, json!({"a": {"b": 5}, "s": "text", "skipped": 2, "emptied": "", "keep": {"x": [1]}}));
+        assert_eq!(body, json!({"n": 5, "s": "text", "skipped": 2, "keep": {"x": [1]}}));
+        // As in Gloo, what a template renders must be JSON, also the empty text when `override_empty` is set.
+        let err = merge(vec![("s", "text", false)]).unwrap_err();
+        assert!(err.contains("merge_json_keys.json_keys.s: the rendered value is not JSON"), "{err}");
+        assert!(merge(vec![("emptied", "", true)]).is_err());
     }
 
     #[test]
