@@ -74,8 +74,8 @@ fn each_filter_rejects_a_bad_configuration_with_its_own_message() {
         ),
         (
             "transformation",
-            r#"{"transformations": []}"#,
-            "transformation: invalid configuration: transformations: must not be empty",
+            r#"{"stage": 11}"#,
+            "transformation: invalid configuration: stage: must be at most 10",
         ),
         (
             "aws",
