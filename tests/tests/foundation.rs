@@ -72,11 +72,7 @@ fn each_filter_rejects_a_bad_configuration_with_its_own_message() {
             r#"{"rules": [{"name": "a", "match": {"prefix": "/", "path": "/x"}}]}"#,
             "ratelimit: invalid configuration: rules[0].match: set only one of `prefix`, `path`, `safe_regex`",
         ),
-        (
-            "transformation",
-            r#"{"stage": 11}"#,
-            "transformation: invalid configuration: stage: must be at most 10",
-        ),
+        ("transformation", r#"{"stage": 11}"#, "transformation: invalid configuration: stage: must be at most 10"),
         (
             "aws",
             r#"{"region": "moon", "service": "lambda"}"#,
