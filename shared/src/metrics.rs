@@ -13,8 +13,9 @@
 //! with the `stats_tags` of `envoy-test/demo.yaml` (the unit tests below check them). Values are sanitized to
 //! `[A-Za-z0-9_-]`, so a plugin or rule name can never contain the `=`, `;` or `.` that delimit a tag.
 //!
-//! In Envoy the calls go to the host layer's ABI ([`crate::host::abi`]). In host unit tests they go to an in-memory
-//! registry, so that logic that counts can be tested without a host.
+//! In Envoy the calls go to the host layer's ABI ([`crate::host::abi`], or the dynamic-module build's
+//! [`crate::host::native::metrics`]). In host unit tests they go to an in-memory registry, so that logic that counts
+//! can be tested without a host.
 
 use crate::host::Host;
 
@@ -172,10 +173,15 @@ mod backend {
     }
 }
 
+/// The dynamic module's metrics while Envoy runs it ([`crate::host::native::metrics`]); otherwise (host unit tests)
+/// a per-thread in-memory registry.
 #[cfg(not(target_arch = "wasm32"))]
 mod backend {
     use std::cell::RefCell;
 
+    use crate::host::native::metrics as native;
+
+    #[derive(PartialEq, Eq)]
     pub enum Kind {
         Counter,
         Gauge,
@@ -185,7 +191,10 @@ mod backend {
         static METRICS: RefCell<Vec<(String, u64)>> = const { RefCell::new(Vec::new()) };
     }
 
-    pub fn define(_kind: Kind, name: &str) -> Option<u32> {
+    pub fn define(kind: Kind, name: &str) -> Option<u32> {
+        if let Some(id) = native::define(kind == Kind::Counter, name) {
+            return id;
+        }
         METRICS.with_borrow_mut(|metrics| {
             let index = match metrics.iter().position(|(n, _)| n == name) {
                 Some(index) => index,
@@ -199,6 +208,9 @@ mod backend {
     }
 
     pub fn increment(id: u32, by: i64) {
+        if id & native::NATIVE_ID != 0 {
+            return native::update(id, u64::try_from(by).unwrap_or(0));
+        }
         METRICS.with_borrow_mut(|metrics| {
             if let Some((_, value)) = metrics.get_mut(id as usize) {
                 *value = value.saturating_add_signed(by);
@@ -207,6 +219,9 @@ mod backend {
     }
 
     pub fn record(id: u32, value: u64) {
+        if id & native::NATIVE_ID != 0 {
+            return native::update(id, value);
+        }
         METRICS.with_borrow_mut(|metrics| {
             if let Some((_, v)) = metrics.get_mut(id as usize) {
                 *v = value;

@@ -39,46 +39,71 @@ pub fn reserve_create_cas(store: &(impl SharedStore + ?Sized), prefix: &str) -> 
     Ok(())
 }
 
-/// Key -> (value, CAS), and the last CAS handed out.
-type Entries = (HashMap<String, (Vec<u8>, u32)>, u32);
+/// Key -> (value, CAS) and the last CAS handed out: Envoy's shared-data semantics in memory, for
+/// [`MemoryStore`] and for the dynamic-module build's process-wide store.
+#[derive(Debug, Default)]
+pub struct CasMap {
+    entries: HashMap<String, (Vec<u8>, u32)>,
+    last_cas: u32,
+}
+
+impl CasMap {
+    pub fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.entries.get(key) {
+            Some((value, cas)) => ((!value.is_empty()).then(|| value.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    pub fn compare_and_set(&mut self, key: &str, value: Option<&[u8]>, cas: u32) -> HostResult<()> {
+        if let Some((_, current)) = self.entries.get(key) {
+            if cas != 0 && cas != *current {
+                return Err(HostError::CasMismatch);
+            }
+        }
+        // After a wrap, 0 ("any") and CREATE_CAS stay unused.
+        self.last_cas = self.last_cas.wrapping_add(1);
+        if self.last_cas == 0 {
+            self.last_cas = CREATE_CAS + 1;
+        }
+        self.entries.insert(key.to_string(), (value.unwrap_or_default().to_vec(), self.last_cas));
+        Ok(())
+    }
+
+    fn len_nonempty(&self) -> usize {
+        self.entries.values().filter(|(v, _)| !v.is_empty()).count()
+    }
+
+    fn len_keys(&self) -> usize {
+        self.entries.len()
+    }
+}
 
 /// An in-memory [`SharedStore`] with Envoy's semantics, shared between clones (one per simulated worker).
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
-    inner: Rc<RefCell<Entries>>,
+    inner: Rc<RefCell<CasMap>>,
 }
 
 impl MemoryStore {
     /// Keys that hold a value (emptied keys excluded).
     pub fn len_nonempty(&self) -> usize {
-        self.inner.borrow().0.values().filter(|(v, _)| !v.is_empty()).count()
+        self.inner.borrow().len_nonempty()
     }
 
     /// Every key ever written (Envoy never deletes one): what shared data costs in memory.
     pub fn len_keys(&self) -> usize {
-        self.inner.borrow().0.len()
+        self.inner.borrow().len_keys()
     }
 }
 
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
-        Ok(match self.inner.borrow().0.get(key) {
-            Some((value, cas)) => ((!value.is_empty()).then(|| value.clone()), Some(*cas)),
-            None => (None, None),
-        })
+        Ok(self.inner.borrow().get(key))
     }
 
     fn compare_and_set(&self, key: &str, value: Option<&[u8]>, cas: u32) -> HostResult<()> {
-        let mut inner = self.inner.borrow_mut();
-        let (map, next_cas) = &mut *inner;
-        if let Some((_, current)) = map.get(key) {
-            if cas != 0 && cas != *current {
-                return Err(HostError::CasMismatch);
-            }
-        }
-        *next_cas += 1;
-        map.insert(key.to_string(), (value.unwrap_or_default().to_vec(), *next_cas));
-        Ok(())
+        self.inner.borrow_mut().compare_and_set(key, value, cas)
     }
 }
 

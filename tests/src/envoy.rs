@@ -5,6 +5,10 @@
 //! back from the admin `/listeners`), cluster endpoints move to the ports the test says (its own upstreams),
 //! `.wasm` file names point at the build output, file access logs written to `/dev/stdout` go to a file the test
 //! can read ([`Envoy::access_log`]), and plugin configurations can be replaced per test.
+//!
+//! The same files and tests run against either build of the filters ([`Build`]): with
+//! `FILTER_BUILD=dynamic-module` every Wasm filter of the file becomes the dynamic module of the same filter, with
+//! the same plugin name and configuration JSON.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -18,9 +22,29 @@ use serde_json::Value;
 use crate::admin;
 use crate::paths;
 
+/// Which build of the filters Envoy loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// The `.wasm` files (`envoy.filters.http.wasm`).
+    Wasm,
+    /// The `lib<filter>.so` files (`envoy.filters.http.dynamic_modules`).
+    DynamicModule,
+}
+
+impl Build {
+    /// `FILTER_BUILD=dynamic-module` selects the dynamic modules; anything else (or nothing) the Wasm files.
+    pub fn current() -> Build {
+        match std::env::var("FILTER_BUILD").as_deref() {
+            Ok("dynamic-module") => Build::DynamicModule,
+            _ => Build::Wasm,
+        }
+    }
+}
+
 /// What to start: a file in `envoy-test/` and the changes this test needs.
 #[derive(Debug, Clone)]
 pub struct EnvoyConfig {
+    build: Build,
     file: String,
     lds_file: Option<String>,
     upstream_ports: HashMap<u64, u16>,
@@ -38,6 +62,7 @@ impl EnvoyConfig {
     /// `file` is a bootstrap in `envoy-test/` (e.g. `demo.yaml`).
     pub fn new(file: &str) -> Self {
         EnvoyConfig {
+            build: Build::current(),
             file: file.to_string(),
             lds_file: None,
             upstream_ports: HashMap::new(),
@@ -56,6 +81,11 @@ impl EnvoyConfig {
     pub fn upstream(mut self, fixed_port: u16, port: u16) -> Self {
         self.upstream_ports.insert(u64::from(fixed_port), port);
         self
+    }
+
+    /// Which build of the filters this Envoy loads (by default [`Build::current`]).
+    pub fn build(&self) -> Build {
+        self.build
     }
 
     /// Replaces the plugin configuration of the Wasm filter whose `config.name` is `plugin`.
@@ -184,6 +214,10 @@ impl EnvoyConfig {
                 self.drain_time_secs.map(|secs| ["--drain-time-s".to_string(), secs.to_string()]).into_iter().flatten(),
             )
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                (self.build == Build::DynamicModule)
+                    .then(|| ("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", paths::dynamic_module_dir().into_os_string())),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -234,7 +268,8 @@ impl EnvoyConfig {
                 }
             }
             // .wasm files: to the build output.
-            if let Some(Value::String(filename)) = object.get_mut("filename") {
+            let wasm_file = if self.build == Build::Wasm { object.get_mut("filename") } else { None };
+            if let Some(Value::String(filename)) = wasm_file {
                 if let Some(name) = filename.strip_suffix(".wasm").and_then(|f| f.rsplit('/').next()) {
                     *filename = paths::wasm_file(name).display().to_string();
                 }
@@ -265,8 +300,38 @@ impl EnvoyConfig {
                 }
             }
         });
+        if self.build == Build::DynamicModule {
+            walk(&mut config, &mut |object| {
+                if let Some(module) = dynamic_module_filter(object) {
+                    *object = module;
+                }
+            });
+        }
         config
     }
+}
+
+/// The dynamic-module filter that stands for a Wasm filter's `typed_config` (`None` for anything else): the module
+/// named after the `.wasm` file, the plugin's name as `filter_name`, its configuration as `filter_config`, and the
+/// Wasm filter's metric prefix (so that metric names and `stats_tags` stay the same).
+fn dynamic_module_filter(object: &serde_json::Map<String, Value>) -> Option<serde_json::Map<String, Value>> {
+    if object.get("@type").and_then(Value::as_str)
+        != Some("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")
+    {
+        return None;
+    }
+    let plugin = object.get("config")?;
+    let filename = plugin.pointer("/vm_config/code/local/filename").and_then(Value::as_str)?;
+    let filter = Path::new(filename).file_stem()?.to_str()?;
+    paths::dynamic_module_file(filter);
+    let configuration = plugin.pointer("/configuration/value").and_then(Value::as_str).unwrap_or("");
+    let module = serde_json::json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": {"name": filter, "do_not_close": true, "metrics_namespace": "wasmcustom"},
+        "filter_name": plugin.get("name").cloned().unwrap_or(Value::String(filter.to_string())),
+        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration},
+    });
+    module.as_object().cloned()
 }
 
 fn walk(value: &mut Value, visit: &mut dyn FnMut(&mut serde_json::Map<String, Value>)) {
@@ -318,6 +383,11 @@ impl Envoy {
     }
 
     /// The Envoy process id (for CPU accounting in benchmarks).
+    /// Which build of the filters this Envoy runs.
+    pub fn build(&self) -> Build {
+        self.config.build
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

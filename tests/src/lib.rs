@@ -13,4 +13,4 @@ pub mod paths;
 pub mod rls;
 
 pub use echo_upstream::{echo, server, EchoUpstream};
-pub use envoy::{Envoy, EnvoyConfig};
+pub use envoy::{Build, Envoy, EnvoyConfig};

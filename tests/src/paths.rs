@@ -1,4 +1,4 @@
-//! Where things are: the project root, the built .wasm files, the Envoy binary.
+//! Where things are: the project root, the built .wasm and dynamic-module files, the Envoy binary.
 
 use std::path::{Path, PathBuf};
 
@@ -12,12 +12,36 @@ pub fn envoy_test_file(name: &str) -> PathBuf {
     project_root().join("envoy-test").join(name)
 }
 
-/// The directory holding `ratelimit.wasm` and its siblings (`cargo build --release --target wasm32-wasip1`).
-pub fn wasm_dir() -> PathBuf {
+fn target_dir() -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| project_root().join("target"));
-    let target = if target.is_absolute() { target } else { project_root().join(target) };
-    target.join("wasm32-wasip1").join("release")
+    if target.is_absolute() {
+        target
+    } else {
+        project_root().join(target)
+    }
+}
+
+/// The directory holding `ratelimit.wasm` and its siblings (`cargo build --release --target wasm32-wasip1`).
+pub fn wasm_dir() -> PathBuf {
+    target_dir().join("wasm32-wasip1").join("release")
+}
+
+/// The directory holding `libratelimit.so` and its siblings (`cargo build --profile dynamic-module`): Envoy's
+/// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+pub fn dynamic_module_dir() -> PathBuf {
+    target_dir().join("dynamic-module")
+}
+
+/// The dynamic module of a filter; panics with the command to run when it has not been built.
+pub fn dynamic_module_file(filter: &str) -> PathBuf {
+    let path = dynamic_module_dir().join(format!("lib{filter}.so"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --profile dynamic-module -p {filter}` first",
+        path.display()
+    );
+    path
 }
 
 /// The .wasm file of a filter; panics with the command to run when it has not been built.

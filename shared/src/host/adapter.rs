@@ -1,7 +1,7 @@
 //! The proxy-wasm contexts, written once for every filter: a filter is a [`Filter`] (built from its
 //! configuration, ticks, root-level callouts) and a [`Stream`] per request. The adapter turns each callback into
-//! a [`Host`] call on [`WasmHost`], applies the [`Flow`] the stream returns, and keeps what is the same for every
-//! filter out of the filters:
+//! a [`Host`] call on [`super::WasmHost`] (or, in the dynamic-module build, on [`super::native::NativeHost`]),
+//! applies the [`Flow`] the stream returns, and keeps what is the same for every filter out of the filters:
 //! - a body that ends with trailers is complete: the stream sees the last body callback again with
 //!   `end_of_stream` set (size 0 when the trailers follow the headers), so no filter needs a trailers path;
 //! - a message held for a callout (`Pause`) stays held whatever its body callbacks say, until the callout's answer
@@ -16,11 +16,32 @@
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+#[cfg(target_arch = "wasm32")]
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+#[cfg(target_arch = "wasm32")]
+use proxy_wasm::types::ContextType;
 
-use super::{CallResponse, Flow, GrpcResponse, Host, Side, WasmHost};
+#[cfg(target_arch = "wasm32")]
+use super::WasmHost;
+use super::{CallResponse, Flow, GrpcResponse, Host, Side};
 use crate::reply::LocalReply;
+
+/// What the host does with the message after a callback: let it go on, or hold it (and, for a body, buffer it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Pause,
+}
+
+#[cfg(target_arch = "wasm32")]
+impl From<Action> for proxy_wasm::types::Action {
+    fn from(action: Action) -> Self {
+        match action {
+            Action::Continue => proxy_wasm::types::Action::Continue,
+            Action::Pause => proxy_wasm::types::Action::Pause,
+        }
+    }
+}
 
 /// One filter configuration (one per plugin config and worker VM), shared by that VM's streams.
 pub trait Filter: Sized + 'static {
@@ -77,20 +98,24 @@ pub trait Stream: 'static {
     fn on_done(&mut self, _host: &dyn Host) {}
 }
 
-/// Logged once per VM (a VM is one worker's instance of the module, and statics are per instance).
+/// Logged once per VM (a VM is one worker's instance of the module, and statics are per instance; once per process
+/// for a dynamic module).
 static MISSING_FLAG_REPORTED: AtomicBool = AtomicBool::new(false);
 
 /// The root context of a filter.
+#[cfg(target_arch = "wasm32")]
 pub struct RootAdapter<F: Filter> {
     filter: Option<Rc<F>>,
 }
 
+#[cfg(target_arch = "wasm32")]
 impl<F: Filter> Default for RootAdapter<F> {
     fn default() -> Self {
         RootAdapter { filter: None }
     }
 }
 
+#[cfg(target_arch = "wasm32")]
 impl<F: Filter> Context for RootAdapter<F> {
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
         if let Some(filter) = &self.filter {
@@ -99,6 +124,7 @@ impl<F: Filter> Context for RootAdapter<F> {
     }
 }
 
+#[cfg(target_arch = "wasm32")]
 impl<F: Filter> RootContext for RootAdapter<F> {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         super::init_logging(F::NAME);
@@ -138,10 +164,12 @@ impl<F: Filter> RootContext for RootAdapter<F> {
 }
 
 /// The HTTP context of one request: the [`Driver`] on [`WasmHost`].
+#[cfg(target_arch = "wasm32")]
 pub struct StreamAdapter<F: Filter> {
     driver: Driver<F::Stream>,
 }
 
+#[cfg(target_arch = "wasm32")]
 impl<F: Filter> Context for StreamAdapter<F> {
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
         self.driver.http_call_response(&WasmHost, token, WasmHost.call_response(num_headers, body_size));
@@ -153,29 +181,30 @@ impl<F: Filter> Context for StreamAdapter<F> {
     }
 }
 
+#[cfg(target_arch = "wasm32")]
 impl<F: Filter> HttpContext for StreamAdapter<F> {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        self.driver.headers(&WasmHost, Side::Request, end_of_stream)
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> proxy_wasm::types::Action {
+        self.driver.headers(&WasmHost, Side::Request, end_of_stream).into()
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.driver.body(&WasmHost, Side::Request, body_size, end_of_stream)
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> proxy_wasm::types::Action {
+        self.driver.body(&WasmHost, Side::Request, body_size, end_of_stream).into()
     }
 
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        self.driver.trailers(&WasmHost, Side::Request)
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> proxy_wasm::types::Action {
+        self.driver.trailers(&WasmHost, Side::Request).into()
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        self.driver.headers(&WasmHost, Side::Response, end_of_stream)
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> proxy_wasm::types::Action {
+        self.driver.headers(&WasmHost, Side::Response, end_of_stream).into()
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.driver.body(&WasmHost, Side::Response, body_size, end_of_stream)
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> proxy_wasm::types::Action {
+        self.driver.body(&WasmHost, Side::Response, body_size, end_of_stream).into()
     }
 
-    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        self.driver.trailers(&WasmHost, Side::Response)
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> proxy_wasm::types::Action {
+        self.driver.trailers(&WasmHost, Side::Response).into()
     }
 
     fn on_log(&mut self) {
@@ -349,13 +378,18 @@ impl<S: Stream> Driver<S> {
     }
 }
 
-/// Plugs a [`Filter`] into proxy-wasm: `shared::proxy_filter!(MyFilter);` in the filter crate's `lib.rs`.
+/// Plugs a [`Filter`] into Envoy: `shared::proxy_filter!(MyFilter);` in the filter crate's `lib.rs`. On wasm32 it
+/// is a proxy-wasm module; on other targets the crate's cdylib is an Envoy dynamic module
+/// ([`crate::dynamic_module!`]).
 #[macro_export]
 macro_rules! proxy_filter {
     ($filter:ty) => {
+        #[cfg(target_arch = "wasm32")]
         proxy_wasm::main! {{
             proxy_wasm::set_root_context(|_| Box::new($crate::host::adapter::RootAdapter::<$filter>::default()));
         }}
+        #[cfg(not(target_arch = "wasm32"))]
+        $crate::dynamic_module!($filter);
     };
 }
 

@@ -4,6 +4,8 @@
 //!   shared data, callouts, clocks). Every call returns a [`HostResult`]: a host status the filter did not expect
 //!   is a typed [`HostError`] the caller must handle, never a panic.
 //! - [`WasmHost`]: the implementation over the raw proxy-wasm ABI ([`abi`], the only code that calls it).
+//! - [`native`]: the implementation over Envoy's dynamic-module ABI, and the module's entry points (every target
+//!   but wasm32: the filter crates' cdylibs are then `lib<filter>.so`).
 //! - [`FakeHost`]: an in-memory host with Envoy's semantics for unit tests of the filters' stream logic.
 //! - [`adapter`]: implements proxy-wasm's `RootContext`/`HttpContext` once for every filter: a filter provides a
 //!   [`Filter`] (configuration, ticks) and its [`Stream`] (one request's journey) and plugs them in with
@@ -12,6 +14,9 @@
 pub mod abi;
 pub mod adapter;
 mod fake;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
+#[cfg(target_arch = "wasm32")]
 mod wasm;
 
 use std::fmt;
@@ -19,6 +24,7 @@ use std::time::Duration;
 
 pub use adapter::{Filter, Stream};
 pub use fake::{FakeHost, RecordedCall, RecordedGrpcCall};
+#[cfg(target_arch = "wasm32")]
 pub use wasm::{init_logging, WasmHost};
 
 use crate::reply::LocalReply;
