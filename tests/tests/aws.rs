@@ -2,7 +2,7 @@
 //! algorithm (signature checking is switched on after setup). Each test starts its own moto and Envoy.
 
 use integration_tests::moto::{Moto, MotoSetup};
-use integration_tests::{Envoy, EnvoyConfig};
+use integration_tests::{Build, Envoy, EnvoyConfig};
 use serde_json::{json, Value};
 
 struct Stack {
@@ -67,7 +67,12 @@ fn form(params: &[(&str, &str)]) -> String {
 /// A metric of one plugin instance: `aws` on the `aws` cluster (the `front` listener's route), `aws_down` on
 /// the `down` listener.
 fn metric(plugin: &str, event: &str) -> String {
-    format!("wasmcustom.aws.plugin=.={plugin};.;{event}")
+    // Envoy scopes the metrics of a dynamic module in an upstream filter to its cluster (`aws` runs on `aws`).
+    let cluster = match Build::current() {
+        Build::DynamicModule if plugin == "aws" => "cluster.aws.",
+        _ => "",
+    };
+    format!("{cluster}wasmcustom.aws.plugin=.={plugin};.;{event}")
 }
 
 const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded; charset=utf-8");

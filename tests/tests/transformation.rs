@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine;
 use integration_tests::rls::proto::rate_limit_service_client::RateLimitServiceClient;
 use integration_tests::rls::{proto, Mode, RateLimitServer};
-use integration_tests::{EchoUpstream, Envoy, EnvoyConfig};
+use integration_tests::{Build, EchoUpstream, Envoy, EnvoyConfig};
 use serde_json::{json, Value};
 
 /// Where transformation.yaml's gRPC route goes.
@@ -660,12 +660,15 @@ fn bad_configurations_are_refused_with_the_template_named() {
         (r#"{"stage": 11}"#, "transformation: invalid configuration: stage: must be at most 10"),
     ];
     for (config, message) in cases {
-        let log = EnvoyConfig::new("transformation.yaml")
-            .upstream(8081, echo.port())
-            .plugin_config("transformation", config)
-            .start_expecting_failure();
+        let envoy = EnvoyConfig::new("transformation.yaml").upstream(8081, echo.port());
+        let build = envoy.build();
+        let log = envoy.plugin_config("transformation", config).start_expecting_failure();
         assert!(log.contains(message), "expected {message:?} in Envoy's log:\n{log}");
-        assert!(log.contains("Unable to create Wasm plugin transformation"), "{log}");
+        let refusal = match build {
+            Build::Wasm => "Unable to create Wasm plugin transformation",
+            Build::DynamicModule => "Failed to initialize dynamic module",
+        };
+        assert!(log.contains(refusal), "{log}");
     }
 }
 

@@ -206,6 +206,7 @@ callbacks! {
         fn(FilterPtr) -> bool;
     received_buffered_response_body = c"envoy_dynamic_module_callback_http_received_buffered_response_body":
         fn(FilterPtr) -> bool;
+    clear_route_cache = c"envoy_dynamic_module_callback_http_clear_route_cache": fn(FilterPtr);
     continue_decoding = c"envoy_dynamic_module_callback_http_filter_continue_decoding": fn(FilterPtr);
     continue_encoding = c"envoy_dynamic_module_callback_http_filter_continue_encoding": fn(FilterPtr);
     get_attribute_string = c"envoy_dynamic_module_callback_http_filter_get_attribute_string":
