@@ -636,7 +636,12 @@ async fn metadata_functions_read_cluster_dynamic_and_host_metadata() {
     let headers = &echoed["headers"];
     // The cluster's metadata (Gloo's namespace; `:` separates the parts of a key, Gloo's default).
     assert_eq!(headers["x-cluster"], "payments", "{echoed}");
-    assert_eq!(headers["x-cluster-deep"], "5.0", "{echoed}");
+    // A dynamic module reads metadata value by value: a nested struct (`limits: {rps: 5}`) is out of its reach.
+    let deep = match envoy.build() {
+        Build::Wasm => json!("5.0"),
+        Build::DynamicModule => Value::Null,
+    };
+    assert_eq!(headers["x-cluster-deep"], deep, "{echoed}");
     // Dynamic metadata set by header_to_metadata before this filter.
     assert_eq!(headers["x-dynamic"], "t-1", "{echoed}");
     assert_eq!(headers["x-host-md"], "[]", "{echoed}");

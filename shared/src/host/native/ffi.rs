@@ -207,6 +207,28 @@ callbacks! {
     received_buffered_response_body = c"envoy_dynamic_module_callback_http_received_buffered_response_body":
         fn(FilterPtr) -> bool;
     clear_route_cache = c"envoy_dynamic_module_callback_http_clear_route_cache": fn(FilterPtr);
+    metadata_namespaces_count = c"envoy_dynamic_module_callback_http_get_metadata_namespaces_count":
+        fn(FilterPtr, u32) -> usize;
+    metadata_namespaces = c"envoy_dynamic_module_callback_http_get_metadata_namespaces":
+        fn(FilterPtr, u32, *mut EnvoyBuffer) -> bool;
+    metadata_keys_count = c"envoy_dynamic_module_callback_http_get_metadata_keys_count":
+        fn(FilterPtr, u32, ModuleBuffer) -> usize;
+    metadata_keys = c"envoy_dynamic_module_callback_http_get_metadata_keys":
+        fn(FilterPtr, u32, ModuleBuffer, *mut EnvoyBuffer) -> bool;
+    metadata_string = c"envoy_dynamic_module_callback_http_get_metadata_string":
+        fn(FilterPtr, u32, ModuleBuffer, ModuleBuffer, *mut EnvoyBuffer) -> bool;
+    metadata_number = c"envoy_dynamic_module_callback_http_get_metadata_number":
+        fn(FilterPtr, u32, ModuleBuffer, ModuleBuffer, *mut f64) -> bool;
+    metadata_bool = c"envoy_dynamic_module_callback_http_get_metadata_bool":
+        fn(FilterPtr, u32, ModuleBuffer, ModuleBuffer, *mut bool) -> bool;
+    metadata_list_size = c"envoy_dynamic_module_callback_http_get_metadata_list_size":
+        fn(FilterPtr, u32, ModuleBuffer, ModuleBuffer, *mut usize) -> bool;
+    metadata_list_string = c"envoy_dynamic_module_callback_http_get_metadata_list_string":
+        fn(FilterPtr, u32, ModuleBuffer, ModuleBuffer, usize, *mut EnvoyBuffer) -> bool;
+    metadata_list_number = c"envoy_dynamic_module_callback_http_get_metadata_list_number":
+        fn(FilterPtr, u32, ModuleBuffer, ModuleBuffer, usize, *mut f64) -> bool;
+    metadata_list_bool = c"envoy_dynamic_module_callback_http_get_metadata_list_bool":
+        fn(FilterPtr, u32, ModuleBuffer, ModuleBuffer, usize, *mut bool) -> bool;
     continue_decoding = c"envoy_dynamic_module_callback_http_filter_continue_decoding": fn(FilterPtr);
     continue_encoding = c"envoy_dynamic_module_callback_http_filter_continue_encoding": fn(FilterPtr);
     get_attribute_string = c"envoy_dynamic_module_callback_http_filter_get_attribute_string":

@@ -9,7 +9,7 @@ use std::ffi::c_void;
 use std::time::Duration;
 
 use super::ffi::{self, attribute, body_type, callout_init, header_type, EnvoyBuffer, EnvoyHeader, ModuleBuffer};
-use super::{grpc, ModuleConfig};
+use super::{grpc, metadata, ModuleConfig};
 use crate::host::{lossy, CallResponse, GrpcCall, HostError, HostResult, HttpCall, Side};
 use crate::reply::LocalReply;
 use crate::store::SharedStore;
@@ -322,6 +322,15 @@ impl crate::host::Host for NativeHost<'_> {
         // The Wasm plugin's name is the dynamic module filter's `filter_name`.
         if path == ["plugin_name"] {
             return Ok(Some(self.config.name.as_bytes().to_vec()));
+        }
+        let metadata_source = match path {
+            ["metadata"] => Some(metadata::source::DYNAMIC),
+            ["xds", "cluster_metadata"] => Some(metadata::source::CLUSTER),
+            ["xds", "upstream_host_metadata"] => Some(metadata::source::HOST),
+            _ => None,
+        };
+        if let Some(source) = metadata_source {
+            return Ok(metadata::read(api()?, self.filter()?, source));
         }
         let id = attribute_of(path).ok_or(HostError::Unimplemented)?;
         let (api, filter) = (api()?, self.filter()?);

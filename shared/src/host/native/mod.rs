@@ -18,6 +18,7 @@ pub mod ffi;
 mod grpc;
 pub mod hooks;
 mod host;
+mod metadata;
 pub mod metrics;
 
 use std::ffi::{c_char, c_void};
