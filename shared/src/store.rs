@@ -1,6 +1,7 @@
 //! Envoy's shared data as the filters see it: one key-value store per `vm_id`, shared by every worker, with
 //! compare-and-swap. [`crate::host::WasmHost`] implements it over proxy-wasm; [`MemoryStore`] reproduces Envoy's
-//! semantics in memory for unit tests, quirks included:
+//! semantics in memory for unit tests, and the dynamic-module build keeps one [`CasMap`] per process with the same
+//! semantics, quirks included:
 //! - writing a key that does not exist succeeds whatever CAS is passed. To create a key without racing another
 //!   worker, pass [`CREATE_CAS`] (1): the first write in the process gets CAS 1, and [`reserve_create_cas`]
 //!   makes a throw-away write at VM start so that no other key can ever hold CAS 1. If another worker created the
@@ -125,6 +126,14 @@ mod tests {
         assert_eq!(store.get("k").unwrap().0, None, "emptied reads as absent");
         assert!(store.get("k").unwrap().1.is_some(), "but the key keeps a CAS");
         assert_eq!((store.len_nonempty(), store.len_keys()), (0, 1));
+    }
+
+    #[test]
+    fn after_a_wrap_cas_skips_any_and_create() {
+        let mut map = CasMap { last_cas: u32::MAX - 1, ..CasMap::default() };
+        map.compare_and_set("a", Some(b"1"), 0).unwrap();
+        map.compare_and_set("b", Some(b"1"), 0).unwrap();
+        assert_eq!((map.get("a").1, map.get("b").1), (Some(u32::MAX), Some(CREATE_CAS + 1)));
     }
 
     #[test]

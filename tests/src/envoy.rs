@@ -32,6 +32,14 @@ pub enum Build {
 }
 
 impl Build {
+    /// What starts the filters' own lines in Envoy's log (a plugin or filter name follows).
+    pub fn log_marker(self) -> &'static str {
+        match self {
+            Build::Wasm => "wasm log",
+            Build::DynamicModule => "[dynamic_modules] [:]",
+        }
+    }
+
     /// `FILTER_BUILD=dynamic-module` selects the dynamic modules; anything else (or nothing) the Wasm files.
     pub fn current() -> Build {
         match std::env::var("FILTER_BUILD").as_deref() {

@@ -51,9 +51,10 @@ async fn credentials_never_reach_the_filters_logs_replies_or_metrics() {
     assert!(response.status().is_server_error(), "{}", response.status());
     assert_clean("a nats reply", &response.text().await.unwrap());
     // The aws filter really signed with the inline credentials (the upstream cluster is down, so Envoy answers).
-    assert!(envoy.wait_for_log("wasm log aws"), "no aws log line at debug level");
+    let marker = envoy.build().log_marker();
+    assert!(envoy.wait_for_log(&format!("{marker} aws")), "no aws log line at debug level");
 
-    let own_lines: String = envoy.log().lines().filter(|l| l.contains("wasm log")).collect::<Vec<_>>().join("\n");
+    let own_lines: String = envoy.log().lines().filter(|l| l.contains(marker)).collect::<Vec<_>>().join("\n");
     assert!(!own_lines.is_empty());
     assert_clean("the filters' log lines", &own_lines);
     assert_clean("the access log", &envoy.access_log());
@@ -95,9 +96,10 @@ fn a_refused_configuration_names_the_field_not_the_secret() {
         r#"{{"region": "moon", "service": "lambda", "credentials": {{"access_key_id": "AKIDSECRETTEST",
             "secret_access_key": "{AWS_SECRET}"}}}}"#
     );
-    let log =
-        EnvoyConfig::new("demo.yaml").upstream(8081, echo.port()).plugin_config("aws", bad).start_expecting_failure();
+    let envoy = EnvoyConfig::new("demo.yaml").upstream(8081, echo.port());
+    let marker = envoy.build().log_marker();
+    let log = envoy.plugin_config("aws", bad).start_expecting_failure();
     assert!(log.contains("aws: invalid configuration: region"), "{log}");
-    let own_lines: String = log.lines().filter(|l| l.contains("wasm log")).collect::<Vec<_>>().join("\n");
+    let own_lines: String = log.lines().filter(|l| l.contains(marker)).collect::<Vec<_>>().join("\n");
     assert_clean("the refusal", &own_lines);
 }

@@ -78,7 +78,6 @@ pub unsafe fn config_new<F: Filter>(envoy: *mut c_void, name: EnvoyBuffer, json:
             }
             Err(err) => {
                 log::error!("{}: invalid configuration: {err}", F::NAME);
-                config.stop_ticks();
                 metrics::forget(config.id);
                 std::ptr::null()
             }
@@ -98,7 +97,6 @@ pub unsafe fn config_destroy<F: Filter>(config: *const c_void) {
         }
         // SAFETY: made by `config_new` with `Box::into_raw`; Envoy destroys it once.
         let config = unsafe { Box::from_raw(config as *mut ModuleConfig) };
-        config.stop_ticks();
         metrics::forget(config.id);
         live().retain(|id| *id != config.id);
         INSTANCES.with_borrow_mut(|instances| instances.retain(|(id, _)| *id != config.id));
@@ -256,7 +254,7 @@ fn status(action: Action, continue_status: u32, stop_status: u32) -> u32 {
     }
 }
 
-/// The hook of the same name.
+/// `envoy_dynamic_module_on_http_filter_{request,response}_headers`.
 ///
 /// # Safety
 /// The arguments are the ones Envoy passes to this hook.
@@ -265,7 +263,8 @@ pub unsafe fn headers<F: Filter>(filter: *mut c_void, stream: *const c_void, sid
     status(action, headers_status::CONTINUE, headers_status::STOP_ITERATION)
 }
 
-/// The hook of the same name.
+/// `envoy_dynamic_module_on_http_filter_{request,response}_body`: the driver sees the size of the whole body so far
+/// (what Envoy buffered and what it delivers now), as in Wasm.
 ///
 /// # Safety
 /// The arguments are the ones Envoy passes to this hook.
@@ -275,7 +274,7 @@ pub unsafe fn body<F: Filter>(filter: *mut c_void, stream: *const c_void, side: 
     status(action, body_status::CONTINUE, body_status::STOP_ITERATION_AND_BUFFER)
 }
 
-/// The hook of the same name.
+/// `envoy_dynamic_module_on_http_filter_{request,response}_trailers`.
 ///
 /// # Safety
 /// The arguments are the ones Envoy passes to this hook.
@@ -284,7 +283,7 @@ pub unsafe fn trailers<F: Filter>(filter: *mut c_void, stream: *const c_void, si
     status(action, trailers_status::CONTINUE, trailers_status::STOP_ITERATION)
 }
 
-/// The hook of the same name.
+/// `envoy_dynamic_module_on_http_filter_http_callout_done`: the answer to a stream's callout, HTTP or gRPC.
 ///
 /// # Safety
 /// The arguments are the ones Envoy passes to this hook.
@@ -319,7 +318,7 @@ pub unsafe fn callout_done<F: Filter>(
     });
 }
 
-/// The hook of the same name.
+/// `envoy_dynamic_module_on_http_filter_stream_complete`: the stream is over, completed or reset.
 ///
 /// # Safety
 /// The arguments are the ones Envoy passes to this hook.
@@ -330,7 +329,7 @@ pub unsafe fn stream_complete<F: Filter>(filter: *mut c_void, stream: *const c_v
     });
 }
 
-/// The hook of the same name.
+/// `envoy_dynamic_module_on_http_filter_destroy`.
 ///
 /// # Safety
 /// The arguments are the ones Envoy passes to this hook.

@@ -106,6 +106,13 @@ impl ModuleConfig {
     }
 }
 
+impl Drop for ModuleConfig {
+    /// The timer must stop before Envoy deletes what it posts to (also when a configuration fails to build).
+    fn drop(&mut self) {
+        self.stop_ticks();
+    }
+}
+
 /// `envoy_dynamic_module_on_program_init`: loads the callback table and the logger. Returns the ABI version, or
 /// null (Envoy then refuses the module, and says so) when a callback is missing or the module cannot catch panics.
 pub fn program_init(filter: &'static str) -> *const c_char {
