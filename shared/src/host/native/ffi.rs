@@ -96,7 +96,6 @@ pub mod attribute {
     pub const RESPONSE_CODE_DETAILS: u32 = 16;
     pub const SOURCE_ADDRESS: u32 = 24;
     pub const UPSTREAM_ADDRESS: u32 = 41;
-    pub const XDS_CLUSTER_NAME: u32 = 57;
     pub const XDS_ROUTE_NAME: u32 = 61;
 }
 

@@ -417,3 +417,66 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buf
     _stream: *const c_void,
 ) {
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{Flow, Host, Stream};
+
+    /// A filter whose configuration must be `ok` and whose streams panic on every request.
+    struct Boom;
+    struct BoomStream;
+
+    impl Filter for Boom {
+        const NAME: &'static str = "boom";
+        type Stream = BoomStream;
+
+        fn configure(_host: &dyn Host, config: &[u8], _previous: Option<&Self>) -> Result<Self, String> {
+            (config == b"ok").then_some(Boom).ok_or_else(|| "not ok".to_string())
+        }
+
+        fn stream(_filter: Rc<Self>) -> BoomStream {
+            BoomStream
+        }
+    }
+
+    impl Stream for BoomStream {
+        fn on_request_headers(&mut self, _host: &dyn Host, _end_of_stream: bool) -> Flow {
+            panic!("boom");
+        }
+    }
+
+    fn buffer(bytes: &'static [u8]) -> EnvoyBuffer {
+        EnvoyBuffer { ptr: bytes.as_ptr(), length: bytes.len() }
+    }
+
+    #[test]
+    fn a_bad_configuration_is_refused() {
+        // SAFETY: buffers of static bytes; no Envoy pointer is dereferenced without the callback table.
+        let config = unsafe { config_new::<Boom>(std::ptr::null_mut(), buffer(b"boom"), buffer(b"bad")) };
+        assert!(config.is_null());
+    }
+
+    #[test]
+    fn a_panic_stops_that_request_and_the_stream_sees_nothing_more() {
+        // SAFETY: as above; the pointers passed back are the ones these hooks made.
+        unsafe {
+            let config = config_new::<Boom>(std::ptr::null_mut(), buffer(b"boom"), buffer(b"ok"));
+            assert!(!config.is_null());
+            let stream = stream_new::<Boom>(config, std::ptr::null_mut());
+            assert!(!stream.is_null());
+            let filter = std::ptr::null_mut();
+            assert_eq!(headers::<Boom>(filter, stream, Side::Request, false), headers_status::STOP_ITERATION);
+            // The request stays stopped (its 500 is on the way), the response (that 500) passes.
+            assert_eq!(body::<Boom>(filter, stream, Side::Request, true), body_status::STOP_ITERATION_AND_BUFFER);
+            assert_eq!(headers::<Boom>(filter, stream, Side::Response, true), headers_status::CONTINUE);
+            stream_complete::<Boom>(filter, stream);
+            stream_destroy::<Boom>(stream);
+            // A second stream of the same configuration runs again (and panics again, on its own).
+            let again = stream_new::<Boom>(config, filter);
+            assert_eq!(headers::<Boom>(filter, again, Side::Request, true), headers_status::STOP_ITERATION);
+            stream_destroy::<Boom>(again);
+            config_destroy::<Boom>(config);
+        }
+    }
+}

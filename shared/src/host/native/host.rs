@@ -64,7 +64,6 @@ fn attribute_of(path: &[&str]) -> Option<u32> {
     Some(match path {
         ["source", "address"] => attribute::SOURCE_ADDRESS,
         ["xds", "route_name"] => attribute::XDS_ROUTE_NAME,
-        ["xds", "cluster_name"] => attribute::XDS_CLUSTER_NAME,
         ["response", "code_details"] => attribute::RESPONSE_CODE_DETAILS,
         ["upstream", "address"] => attribute::UPSTREAM_ADDRESS,
         _ => return None,
