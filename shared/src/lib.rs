@@ -1,8 +1,9 @@
 //! Helpers shared by every filter of the set.
 //!
 //! Everything here except [`host`] is pure logic that runs and is unit-tested on the host with `cargo test`.
-//! [`host`] is the one seam to Envoy: the `Host` trait, its proxy-wasm implementation (the only code that calls
-//! the ABI), a `FakeHost` for tests, and the adapter that runs every filter's `Stream` in proxy-wasm.
+//! [`host`] is the one seam to Envoy: the `Host` trait, its proxy-wasm implementation and its dynamic-module
+//! implementation (the only code that calls either ABI), a `FakeHost` for tests, and the adapter that runs every
+//! filter's `Stream` in either.
 
 pub mod body;
 pub mod clock;

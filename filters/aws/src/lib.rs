@@ -1,4 +1,5 @@
-//! The `aws` proxy-wasm filter (see README.md, section "aws").
+//! The `aws` filter (see README.md, section "aws"): a proxy-wasm module on wasm32, an Envoy dynamic module
+//! on other targets.
 
 pub mod config;
 pub mod credentials;

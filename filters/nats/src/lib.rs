@@ -1,4 +1,5 @@
-//! The `nats` proxy-wasm filter (see README.md, section "nats").
+//! The `nats` filter (see README.md, section "nats"): a proxy-wasm module on wasm32, an Envoy dynamic module
+//! on other targets.
 
 pub mod config;
 pub mod envelope;

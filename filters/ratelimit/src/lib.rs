@@ -1,4 +1,5 @@
-//! The `ratelimit` proxy-wasm filter (see README.md, section "ratelimit").
+//! The `ratelimit` filter (see README.md, section "ratelimit"): a proxy-wasm module on wasm32, an Envoy dynamic module
+//! on other targets.
 
 pub mod config;
 pub mod engine;

@@ -1,4 +1,5 @@
-//! The `transformation` proxy-wasm filter (see README.md, section "transformation").
+//! The `transformation` filter (see README.md, section "transformation"): a proxy-wasm module on wasm32, an Envoy
+//! dynamic module on other targets.
 
 pub mod body;
 pub mod config;
