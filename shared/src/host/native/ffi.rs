@@ -174,7 +174,9 @@ macro_rules! callbacks {
                 // one declared for it above (checked against Envoy 1.40 by the integration tests).
                 Ok(unsafe {
                     Api {
-                        $($field: std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($arg),*) $(-> $ret)?>($field),)*
+                        $($field: std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($arg),*) $(-> $ret)?>(
+                            $field,
+                        ),)*
                     }
                 })
             }
