@@ -246,6 +246,10 @@ callbacks! {
         fn(ConfigPtr, usize, *mut ModuleBuffer, usize, u64) -> u32;
     set_gauge = c"envoy_dynamic_module_callback_http_filter_config_set_gauge":
         fn(ConfigPtr, usize, *mut ModuleBuffer, usize, u64) -> u32;
+    stream_increment_counter = c"envoy_dynamic_module_callback_http_filter_increment_counter":
+        fn(FilterPtr, usize, *mut ModuleBuffer, usize, u64) -> u32;
+    stream_set_gauge = c"envoy_dynamic_module_callback_http_filter_set_gauge":
+        fn(FilterPtr, usize, *mut ModuleBuffer, usize, u64) -> u32;
     scheduler_new = c"envoy_dynamic_module_callback_http_filter_config_scheduler_new": fn(ConfigPtr) -> *mut c_void;
     scheduler_commit = c"envoy_dynamic_module_callback_http_filter_config_scheduler_commit": fn(*mut c_void, u64);
     scheduler_delete = c"envoy_dynamic_module_callback_http_filter_config_scheduler_delete": fn(*mut c_void);

@@ -232,7 +232,7 @@ fn run<F: Filter>(
     // SAFETY: the configuration outlives its streams.
     let Some(config) = (unsafe { state.config.as_ref() }) else { return pass };
     let host = NativeHost { config, scope: Scope::Stream { filter, grpc: &state.grpc } };
-    let _building = metrics::Building::start(config.id, config.envoy, false);
+    let _building = metrics::Building::stream(config.id, config.envoy, false, filter as usize);
     match catch_unwind(AssertUnwindSafe(|| step(&mut driver, &host, &state.grpc))) {
         Ok(action) => action,
         Err(_) => {

@@ -164,8 +164,10 @@ impl NativeHost<'_> {
             Scope::Stream { filter, .. } => unsafe {
                 (api.http_callout)(filter, &mut id, cluster, headers_ptr, headers_len, body, millis(timeout))
             },
+            // A worker's instance of the configuration: Envoy's configuration-level callouts are main-thread only.
+            Scope::Config { ticks: false } => return Err(HostError::Unimplemented),
             // SAFETY: as above; the configuration pointer lives as long as `self.config`.
-            Scope::Config { .. } => unsafe {
+            Scope::Config { ticks: true } => unsafe {
                 (api.config_http_callout)(
                     self.config.envoy(),
                     &mut id,

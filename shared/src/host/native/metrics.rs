@@ -1,7 +1,8 @@
 //! Counters and gauges of the dynamic-module build. Envoy defines a module's metrics per configuration and only
 //! while the configuration is being created (on the main thread); later definitions are refused. So the
 //! configuration's first instance of the filter (made in `config_new`) defines them, and the workers' instances,
-//! which make the same definitions, find them here by name. Updates may come from any worker thread.
+//! which make the same definitions, find them here by name. Updates go through the stream being served when
+//! there is one (the ABI's per-stream calls, meant for worker threads), else through the configuration.
 
 #![allow(unsafe_code)] // calls into the ABI with local buffers
 
@@ -24,31 +25,46 @@ struct Metric {
 
 static REGISTRY: RwLock<Vec<Metric>> = RwLock::new(Vec::new());
 
-thread_local! {
-    /// The configuration whose filter instance is being built on this thread: (id, Envoy pointer, may define).
-    static BUILDING: Cell<Option<(u64, usize, bool)>> = const { Cell::new(None) };
+/// What this thread is running a hook for.
+#[derive(Clone, Copy)]
+struct Current {
+    config: u64,
+    /// The configuration's Envoy pointer.
+    envoy: usize,
+    /// Whether Envoy still accepts definitions (only while it creates the configuration).
+    may_define: bool,
+    /// The stream's Envoy pointer, 0 outside a stream.
+    stream: usize,
 }
 
-/// Marks this thread as building an instance of a configuration until dropped.
+thread_local! {
+    static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
+}
+
+/// Marks this thread as running a hook of a configuration (and of a stream, if `stream` is not 0) until dropped.
 pub(super) struct Building;
 
 impl Building {
     pub(super) fn start(config: u64, envoy: usize, may_define: bool) -> Building {
-        BUILDING.set(Some((config, envoy, may_define)));
+        Self::stream(config, envoy, may_define, 0)
+    }
+
+    pub(super) fn stream(config: u64, envoy: usize, may_define: bool, stream: usize) -> Building {
+        CURRENT.set(Some(Current { config, envoy, may_define, stream }));
         Building
     }
 }
 
 impl Drop for Building {
     fn drop(&mut self) {
-        BUILDING.set(None);
+        CURRENT.set(None);
     }
 }
 
 /// `None` when no configuration is being built on this thread (host unit tests: the caller keeps its own
 /// registry); otherwise the metric's id, `Some(None)` when Envoy refused it (logged).
 pub fn define(counter: bool, name: &str) -> Option<Option<u32>> {
-    let (config, envoy, may_define) = BUILDING.get()?;
+    let Current { config, envoy, may_define, .. } = CURRENT.get()?;
     let mut registry = REGISTRY.write().unwrap_or_else(|poisoned| poisoned.into_inner());
     let found = registry.iter().position(|m| m.config == config && m.counter == counter && m.name == name);
     let index = match found {
@@ -89,9 +105,19 @@ pub fn update(id: u32, value: u64) {
     let Some(api) = super::API.get() else { return };
     let registry = REGISTRY.read().unwrap_or_else(|poisoned| poisoned.into_inner());
     let Some(metric) = registry.get((id & !NATIVE_ID) as usize).filter(|m| m.envoy != 0) else { return };
-    let update = if metric.counter { api.increment_counter } else { api.set_gauge };
-    // SAFETY: the configuration is alive (its pointer is cleared when Envoy destroys it); no labels.
-    unsafe { update(metric.envoy as *mut _, metric.envoy_id, std::ptr::null_mut(), 0, value) };
+    let stream = CURRENT.get().filter(|c| c.stream != 0 && c.config == metric.config).map(|c| c.stream);
+    match stream {
+        Some(stream) => {
+            let update = if metric.counter { api.stream_increment_counter } else { api.stream_set_gauge };
+            // SAFETY: the stream of the hook being run, made from the metric's configuration; no labels.
+            unsafe { update(stream as *mut _, metric.envoy_id, std::ptr::null_mut(), 0, value) };
+        }
+        None => {
+            let update = if metric.counter { api.increment_counter } else { api.set_gauge };
+            // SAFETY: the configuration is alive (its pointer is cleared when Envoy destroys it); no labels.
+            unsafe { update(metric.envoy as *mut _, metric.envoy_id, std::ptr::null_mut(), 0, value) };
+        }
+    }
 }
 
 /// Forgets a configuration's metrics (Envoy is destroying it).
