@@ -67,6 +67,10 @@ async fn demo_gateway_loads_all_four_filters_and_serves() {
     for filter in FILTERS {
         assert!(envoy.log().contains(&format!("{filter}: configuration applied")), "{filter} did not log");
     }
+    if envoy.build() == Build::DynamicModule {
+        // The ABI version the modules declare is the one of this Envoy (it only warns on another).
+        assert!(envoy.log().contains("Dynamic module ABI version v0.2.0 matched."), "{}", envoy.log());
+    }
 }
 
 #[test]
