@@ -1,30 +1,11 @@
-//! The no-op filter: an HTTP context that overrides no callback, so every request pays only for the
-//! proxy-wasm ABI (Envoy calling into the VM for each event and the SDK's dispatch). The benchmark reads every
-//! filter's cost against this floor.
+//! The no-op filter: it does nothing, so a request pays only for what any filter of its build costs. The
+//! benchmark reads every filter's cost against this floor.
+//!
+//! As a proxy-wasm module (`noop.wasm`) that is the ABI: Envoy calling into the VM for each event and the SDK's
+//! dispatch. As a dynamic module (`libnoop.so`, every target but wasm32) it is the filters' own host layer
+//! (`shared::dynamic_module!`) with a stream that lets everything pass.
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
-
-struct Root;
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct Stream;
-
-impl Context for Stream {}
-
-impl HttpContext for Stream {}
-
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(Root));
-}}
+#[cfg(not(target_arch = "wasm32"))]
+mod native;
+#[cfg(target_arch = "wasm32")]
+mod wasm;
