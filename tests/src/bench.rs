@@ -162,12 +162,13 @@ impl Spread {
     }
 }
 
-/// Where a process's CPU time went, from `perf` samples of one core: code V8 compiled from Wasm (anonymous
-/// executable memory: our filters, the SDK, their allocator and the calls' stubs), Envoy's own binary (its host
-/// side of every call included), the kernel, and other libraries (libc's malloc and memcpy).
+/// Where a process's CPU time went, from `perf` samples of one core: the filter's own code (what V8 compiled from
+/// Wasm — anonymous executable memory: our filters, the SDK, their allocator and the calls' stubs — or our dynamic
+/// module, `target/dynamic-module/lib<filter>.so`), Envoy's own binary (its host side of every call included), the
+/// kernel, and other libraries (libc's malloc and memcpy).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CpuSplit {
-    pub wasm: f64,
+    pub filter_code: f64,
     pub envoy: f64,
     pub kernel: f64,
     pub libraries: f64,
@@ -175,7 +176,7 @@ pub struct CpuSplit {
 
 impl CpuSplit {
     pub fn total(&self) -> f64 {
-        self.wasm + self.envoy + self.kernel + self.libraries
+        self.filter_code + self.envoy + self.kernel + self.libraries
     }
 
     fn add(&mut self, dso: &str, amount: f64) {
@@ -184,8 +185,12 @@ impl CpuSplit {
             self.kernel += amount;
         } else if file == "envoy" {
             self.envoy += amount;
-        } else if (file.starts_with("perf-") && file.ends_with(".map")) || dso.contains("anon") || dso == "[unknown]" {
-            self.wasm += amount;
+        } else if (file.starts_with("perf-") && file.ends_with(".map"))
+            || dso.contains("anon")
+            || dso == "[unknown]"
+            || dso.contains("/dynamic-module/lib")
+        {
+            self.filter_code += amount;
         } else {
             self.libraries += amount;
         }
@@ -193,7 +198,7 @@ impl CpuSplit {
 
     pub fn scaled(&self, factor: f64) -> CpuSplit {
         CpuSplit {
-            wasm: self.wasm * factor,
+            filter_code: self.filter_code * factor,
             envoy: self.envoy * factor,
             kernel: self.kernel * factor,
             libraries: self.libraries * factor,
@@ -279,11 +284,12 @@ mod tests {
     fn perf_samples_split_by_place() {
         let script = "41  55c443b15fa8 (/usr/lib/envoy)\n41  2a1f (/tmp/perf-41.map)\n\
                       41  ffffffff8200e6d5 ([kernel.kallsyms])\n41  7f01 (/usr/lib/x86_64-linux-gnu/libc.so.6)\n\
-                      41  2a2f (/tmp/perf-41.map)\n 7  0 ([unknown])\njunk\n";
+                      41  2a2f (/tmp/perf-41.map)\n 7  0 ([unknown])\njunk\n\
+                      41  1b2c (/src/x/target/dynamic-module/libratelimit.so)\n";
         let split = split_samples(script);
-        assert_eq!(split[&41], CpuSplit { wasm: 2.0, envoy: 1.0, kernel: 1.0, libraries: 1.0 });
-        assert_eq!(split[&7].wasm, 1.0);
-        assert_eq!(split[&41].scaled(0.5).total(), 2.5);
+        assert_eq!(split[&41], CpuSplit { filter_code: 3.0, envoy: 1.0, kernel: 1.0, libraries: 1.0 });
+        assert_eq!(split[&7].filter_code, 1.0);
+        assert_eq!(split[&41].scaled(0.5).total(), 3.0);
     }
 
     #[test]

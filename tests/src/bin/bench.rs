@@ -616,7 +616,7 @@ async fn body_steps(ports: &Ports, settings: &Settings) -> String {
         let places = match (split(name), split(FLOOR_HOLDING)) {
             (Some(ours), Some(floor)) => format!(
                 "{:.1} | {:.1}",
-                ours.wasm - floor.wasm,
+                ours.filter_code - floor.filter_code,
                 ours.envoy + ours.libraries - floor.envoy - floor.libraries
             ),
             _ => "— | —".to_string(),
@@ -676,7 +676,7 @@ fn profile_rows(m: &Measured) -> Vec<String> {
                 "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 m.scenario,
                 label(m, name),
-                added.wasm - baseline.wasm,
+                added.filter_code - baseline.filter_code,
                 added.envoy + added.libraries - baseline.envoy - baseline.libraries,
                 added.kernel - baseline.kernel,
                 added.total() - baseline.total()
@@ -718,16 +718,16 @@ fn report_scenario(out: &mut String, m: &Measured) -> (String, Vec<String>) {
     if !m.profile.is_empty() {
         let _ = writeln!(
             out,
-            "\nWhere the CPU went (perf samples of the Envoys' core over the rounds, µs per request; a dynamic \
-             module's code counts under other libraries):\n\n\
-             | variant | Wasm code (V8) | Envoy | other libraries | kernel | sampled total |\n|---|---|---|---|---|---|"
+            "\nWhere the CPU went (perf samples of the Envoys' core over the rounds, µs per request; filter \
+             code is what V8 compiled from the .wasm, or the dynamic module's own library):\n\n\
+             | variant | filter code | Envoy | other libraries | kernel | sampled total |\n|---|---|---|---|---|---|"
         );
         for (name, split) in &m.profile {
             let _ = writeln!(
                 out,
                 "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 label(m, name),
-                split.wasm,
+                split.filter_code,
                 split.envoy,
                 split.libraries,
                 split.kernel,
@@ -766,7 +766,7 @@ fn check_row(m: &Measured, check: &Check) -> Option<String> {
         Check::OwnCodeHalf => {
             // perf gives one figure over all rounds, without an interval: compared with the added CPU's interval.
             let split = |name: &str| m.profile.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
-            let code = split(OURS)?.wasm - split(BASELINE)?.wasm;
+            let code = split(OURS)?.filter_code - split(BASELINE)?.filter_code;
             let added = m.added(OURS)?;
             let half = |x: f64| code - x / 2.0;
             let slack = MedianCi { median: half(added.median), low: half(added.high), high: half(added.low) };
@@ -934,17 +934,17 @@ async fn main() {
         let _ = writeln!(
             doc,
             "`perf record` sampled the Envoys' core at {PROFILE_HZ} Hz during the rounds above; each sample is put \
-             where the code lives. **Wasm code** is what V8 compiled from the .wasm file: the filter's own logic, \
-             the proxy-wasm SDK, the allocator inside the VM and the call stubs. **Envoy and libraries** is the host \
+             where the code lives. **Filter code** is what V8 compiled from the .wasm file (the filter's own logic, \
+             the proxy-wasm SDK, the allocator inside the VM and the call stubs) or, for a dynamic module, the \
+             module's own library (lib<filter>.so). **Envoy and libraries** is the host \
              side: Envoy answering the filter's calls (header maps, shared data, metrics, local replies, side \
-             streams), V8's runtime around each call into and out of the VM, and libc (malloc, memcpy); for a \
-             dynamic module it also holds the module's own code (lib<filter>.so), which has no column of its own. \
+             streams), V8's runtime around each call into and out of the VM, and libc (malloc, memcpy). \
              µs per request added over the no-filter baseline. Across three full runs on this machine the Wasm column \
              repeated within about 1 µs on the header rows and 8 µs on the body rows; the Envoy and kernel columns \
              moved by up to 12 µs, and the sampled total can differ from the summary's figure from /proc: read the \
              columns as where the time goes, not as exact sums.\n"
         );
-        let _ = writeln!(doc, "| scenario | variant | Wasm code | Envoy and libraries | kernel | total |");
+        let _ = writeln!(doc, "| scenario | variant | filter code | Envoy and libraries | kernel | total |");
         let _ = writeln!(doc, "|---|---|---|---|---|---|");
         for line in &profile {
             let _ = writeln!(doc, "{line}");
