@@ -336,6 +336,15 @@ pub(crate) fn resolve(name: &str) -> Option<(usize, usize, usize)> {
     FUNCTIONS.iter().enumerate().find(|(_, (n, ..))| *n == name).map(|(i, (_, min, max, _))| (i, *min, *max))
 }
 
+/// The functions that look the JSON context up by a name known only at render time: a template calling one reads
+/// all of it (see `json_reads`). Keep in step with the functions that use `data.context`.
+pub(crate) const READS_WHOLE_CONTEXT: &[&str] = &["context", "exists"];
+
+/// The name of the function the parser resolved to `index`.
+pub(crate) fn function_name(index: usize) -> Option<&'static str> {
+    FUNCTIONS.get(index).map(|(name, ..)| *name)
+}
+
 /// Whether templates can call `name` (a name that is not a function comes from the JSON context).
 pub fn is_function(name: &str) -> bool {
     FUNCTIONS.iter().any(|(n, ..)| *n == name)

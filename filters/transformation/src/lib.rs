@@ -6,6 +6,7 @@ pub mod config;
 pub mod extractor;
 pub mod functions;
 pub mod inja;
+pub mod json_reads;
 pub mod metadata;
 pub mod pseudo_headers;
 pub mod stream;

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::functions::{resolve, DEFAULT, FUNCTIONS};
 use crate::inja::{self, BinaryOp, Expr, Node, Step};
+use crate::json_reads::JsonReads;
 
 /// What one render reads: the message being transformed.
 #[derive(Debug, Default)]
@@ -97,6 +98,15 @@ impl Templates {
             format!("[inja.exception.render_error] (at {line}:{column}) {} (in {name})", e.message)
         })?;
         Ok(out)
+    }
+
+    /// What the templates read of the JSON context, for parsing the body only as far as that.
+    pub fn json_reads(&self) -> JsonReads {
+        let mut reads = JsonReads::default();
+        for template in self.parsed.values() {
+            reads.add_nodes(&template.nodes);
+        }
+        reads
     }
 
     /// Names a template reads that it does not define itself (functions included).

@@ -13,6 +13,8 @@ use shared::ConfigError;
 use crate::body::set_dotted;
 use crate::extractor::{Extractor, Source};
 use crate::functions::is_function;
+use crate::inja::Step;
+use crate::json_reads::JsonReads;
 use crate::metadata::{EnvoyMetadata, MetadataNeeds};
 use crate::pseudo_headers::{check_authority, check_method, normalize_path};
 use crate::template::{Metadata, RenderData, Templates};
@@ -114,6 +116,24 @@ pub struct TemplateSpec {
     pub delimiter: char,
 }
 
+/// What a transformation reads of the JSON context: what its templates read, the extractions' dotted names
+/// (merged into the context, which must be objects on the way), or all of it when the body mode writes it out.
+fn json_reads(spec: &TemplateSpec, templates: &Templates) -> JsonReads {
+    if matches!(spec.body, BodySpec::MergeExtractorsToBody | BodySpec::MergeJsonKeys(_)) {
+        return JsonReads::everything();
+    }
+    let mut reads = templates.json_reads();
+    if !spec.advanced_templates {
+        for (name, _) in &spec.extractors {
+            let mut parts = name.split('.');
+            let root = parts.next().unwrap_or_default();
+            let steps: Vec<Step> = parts.map(Step::key).collect();
+            reads.add_path(root, &steps, false);
+        }
+    }
+    reads
+}
+
 /// A `TransformationTemplate` with its templates parsed.
 #[derive(Debug)]
 pub struct TemplateTransformation {
@@ -126,6 +146,8 @@ pub struct TemplateTransformation {
     data_sources: Rc<BTreeMap<String, String>>,
     needs_body: bool,
     metadata_needs: MetadataNeeds,
+    /// What is read of the JSON body: the body is parsed only as far as that.
+    json_reads: JsonReads,
 }
 
 impl TemplateTransformation {
@@ -168,7 +190,9 @@ impl TemplateTransformation {
                 metadata_needs.add(&name);
             }
         }
+        let json_reads = json_reads(&spec, &templates);
         let mut transformation = TemplateTransformation {
+            json_reads,
             data_sources: Rc::new(spec.data_sources.clone()),
             spec,
             templates,
@@ -234,7 +258,7 @@ impl TemplateTransformation {
         let body_text = String::from_utf8_lossy(message.body).into_owned();
         let mut json = Value::Null;
         if spec.parse_json && !message.body.is_empty() {
-            match serde_json::from_slice::<Value>(message.body) {
+            match self.json_reads.parse(message.body) {
                 Ok(parsed) => json = parsed,
                 Err(e) if !spec.ignore_error_on_parse => return Err(format!("body is not valid JSON: {e}")),
                 Err(_) => {}
@@ -284,7 +308,8 @@ impl TemplateTransformation {
                     let rendered = self.templates.render(id, &data)?;
                     if !rendered.is_empty() || *override_empty {
                         // As in Gloo, the rendered text must be JSON (a string value is rendered with its quotes).
-                        let value = serde_json::from_str(&rendered).map_err(|e| {
+                        // (From bytes, as bodies are parsed: one JSON parser in the .wasm, not two.)
+                        let value = serde_json::from_slice(rendered.as_bytes()).map_err(|e| {
                             format!("merge_json_keys.json_keys.{name}: the rendered value is not JSON ({e})")
                         })?;
                         set_dotted(&mut merged, name, value)?;

@@ -288,6 +288,70 @@ fn check(source: &str, data: &RenderData) {
     }
 }
 
+/// A path into the generated bodies (`items.0.a`), possibly through array indexes.
+fn body_path() -> impl Strategy<Value = String> {
+    let root = prop::sample::select(vec!["a", "b", "items", "x", "n", "s"]);
+    let step = prop::sample::select(vec!["a", "b", "items", "x", "0", "1", "c"]);
+    (root, prop::collection::vec(step, 0..3))
+        .prop_map(|(root, steps)| std::iter::once(root).chain(steps).collect::<Vec<_>>().join("."))
+}
+
+/// An expression that reads the body in every way templates can: paths, counts, comparisons, functions that take
+/// values or look names up at render time, indexes.
+fn body_reading_expression() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        4 => body_path(),
+        1 => Just("1".to_string()),
+        1 => Just("\"a\"".to_string()),
+        1 => Just("context()".to_string()),
+        1 => body_path().prop_map(|p| format!("exists(\"{p}\")")),
+        2 => body_path().prop_map(|p| format!("length({p})")),
+    ];
+    leaf.prop_recursive(3, 12, 3, |inner| {
+        prop_oneof![
+            inner.clone().prop_map(|e| format!("length({e})")),
+            (inner.clone(), prop::sample::select(vec!["==", "!=", "and", "or"]), inner.clone())
+                .prop_map(|(l, op, r)| format!("{l} {op} {r}")),
+            inner.clone().prop_map(|e| format!("not {e}")),
+            (inner.clone(), inner.clone()).prop_map(|(e, i)| format!("{e}[{i}]")),
+            (prop::sample::select(vec!["isArray", "isObject", "first", "last"]), inner.clone())
+                .prop_map(|(f, e)| format!("{f}({e})")),
+            inner.clone().prop_map(|e| format!("existsIn({e}, \"a\")")),
+            (inner.clone(), prop::sample::select(vec!["\"a\"", "0"])).prop_map(|(e, k)| format!("at({e}, {k})")),
+            inner.prop_map(|e| format!("({e}).a")),
+        ]
+    })
+}
+
+/// A template that reads the body and mostly renders (`default` catches what is not there).
+fn body_reading_template() -> impl Strategy<Value = String> {
+    let e = body_reading_expression;
+    let node = prop_oneof![
+        e().prop_map(|e| format!("{{{{ default({e}, \"-\") }}}}")),
+        e().prop_map(|e| format!("{{% if default({e}, false) %}}T{{% else %}}F{{% endif %}}")),
+        e().prop_map(|e| format!("{{% for v in default({e}, []) %}}{{{{ v }}}},{{% endfor %}}")),
+        (e(), body_path()).prop_map(|(e, p)| format!("{{% set y = default({e}, 0) %}}{{{{ default(y.{p}, 1) }}}}")),
+        (e(), body_path()).prop_map(|(e, p)| format!("{{% set {p} = default({e}, 0) %}}{{{{ default({p}, 1) }}}}")),
+    ];
+    prop::collection::vec(node, 1..4).prop_map(|nodes| nodes.join("|"))
+}
+
+/// A body with arrays and objects where the paths above lead, or any value.
+fn body_to_read() -> impl Strategy<Value = Value> {
+    let members = || prop::collection::vec((prop::sample::select(vec!["a", "b", "c", "0", "1"]), json_value()), 0..4);
+    let object = || members().prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()));
+    prop_oneof![
+        1 => json_value(),
+        3 => (json_value(), prop::collection::vec(prop_oneof![object(), json_value()], 0..5), object(), edge_number())
+            .prop_map(|(a, items, x, n)| json!({"a": a, "items": items, "x": x, "n": n, "b": {"c": [1, {"a": 2}]}})),
+    ]
+}
+
+/// Render data with only a JSON context (and headers for `header()`), for comparing two contexts.
+fn context_data(context: Value) -> RenderData {
+    RenderData { headers: vec![("x-a".into(), "1".into())], context, ..RenderData::default() }
+}
+
 fn header() -> impl Strategy<Value = (String, String)> {
     (prop::sample::select(vec!["x-a", "X-A", ":path", "content-type", ""]), any::<String>())
         .prop_map(|(n, v)| (n.to_string(), v))
@@ -325,5 +389,39 @@ proptest! {
         let listed: Vec<String> = args.iter().take(count).map(Value::to_string).collect();
         let source = format!("{{{{ {name}({}) }}}}", listed.join(", "));
         check(&source, &render_data(json!({"a": args}), Vec::new(), String::new()));
+    }
+
+    /// The body parsed only as far as the template reads it (`JsonReads`) renders as the whole parsed body does,
+    /// and a body that does not parse fails with the same error, whatever the template and the body (valid, or
+    /// with one byte changed).
+    #[test]
+    fn a_body_parsed_as_far_as_templates_read_renders_as_the_whole_body(
+        source in prop_oneof![body_reading_template(), template()],
+        context in prop_oneof![body_to_read(), body()],
+        change in prop::option::of((any::<prop::sample::Index>(), any::<u8>())),
+    ) {
+        // Random values differ from one render to the next.
+        prop_assume!(!source.contains("replace_with_random"));
+        let mut text = context.to_string().into_bytes();
+        if let Some((at, byte)) = change {
+            let index = at.index(text.len());
+            text[index] = byte;
+        }
+        for (escape, pointer) in [(false, false), (true, true)] {
+            let mut templates = Templates::new(escape);
+            if templates.add("t", &source, pointer).is_err() {
+                continue;
+            }
+            let reads = templates.json_reads();
+            match (serde_json::from_slice::<Value>(&text), reads.parse(&text)) {
+                (Ok(whole), Ok(pruned)) => prop_assert_eq!(
+                    templates.render("t", &context_data(whole)),
+                    templates.render("t", &context_data(pruned)),
+                    "{:?} over {}", source, String::from_utf8_lossy(&text)
+                ),
+                (Err(whole), Err(pruned)) => prop_assert_eq!(whole.to_string(), pruned.to_string()),
+                (whole, pruned) => prop_assert!(false, "whole: {:?}, pruned: {:?}", whole, pruned),
+            }
+        }
     }
 }
