@@ -148,6 +148,8 @@ pub struct TemplateTransformation {
     metadata_needs: MetadataNeeds,
     /// What is read of the JSON body: the body is parsed only as far as that.
     json_reads: JsonReads,
+    /// Whether the body is read as text (`body()`, a body extractor): only then is that copy made.
+    reads_body_text: bool,
 }
 
 impl TemplateTransformation {
@@ -191,8 +193,11 @@ impl TemplateTransformation {
             }
         }
         let json_reads = json_reads(&spec, &templates);
+        let reads_body_text = spec.extractors.iter().any(|(_, e)| e.source == Source::Body)
+            || ids.iter().any(|id| templates.undeclared_variables(id).contains("body"));
         let mut transformation = TemplateTransformation {
             json_reads,
+            reads_body_text,
             data_sources: Rc::new(spec.data_sources.clone()),
             spec,
             templates,
@@ -255,7 +260,8 @@ impl TemplateTransformation {
 
     fn apply(&self, message: Message<'_>) -> Result<Outcome, String> {
         let spec = &self.spec;
-        let body_text = String::from_utf8_lossy(message.body).into_owned();
+        let body_text =
+            if self.reads_body_text { String::from_utf8_lossy(message.body).into_owned() } else { String::new() };
         let mut json = Value::Null;
         if spec.parse_json && !message.body.is_empty() {
             match self.json_reads.parse(message.body) {
