@@ -12,6 +12,7 @@ pub mod host;
 pub mod matcher;
 pub mod metrics;
 pub mod pairs;
+pub mod regex;
 pub mod reply;
 pub mod request;
 pub mod store;

@@ -2,7 +2,7 @@
 //! `methods` and `route_name`. Regexes are compiled once, when the configuration is parsed, with the `regex`
 //! crate (linear time, like RE2) and must match the whole input, as Envoy's `safe_regex` does.
 
-use regex_lite::Regex;
+use crate::regex::Regex;
 use serde::Deserialize;
 
 use crate::request::{query_param, split_path, RequestHeaders};
@@ -170,9 +170,7 @@ impl StringMatch {
 
 /// Compiles a regex that must match the whole input.
 pub fn full_match_regex(pattern: &str, ignore_case: bool) -> Result<Regex, String> {
-    regex_lite::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .case_insensitive(ignore_case)
-        .build()
+    Regex::new(&format!("^(?:{pattern})$"), ignore_case)
         .map_err(|e| format!("invalid regex {pattern:?}: {}", first_line(&e.to_string())))
 }
 

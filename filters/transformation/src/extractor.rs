@@ -7,8 +7,8 @@
 //! - `REPLACE_ALL`: every match of the regex (anywhere, non-empty) is replaced by `replacement_text`, in which
 //!   `$1`, `$&` and `$$` refer to groups as in ECMAScript (`std::regex_replace`, which Gloo uses).
 
-use regex_lite::Regex;
 use shared::matcher::full_match_regex;
+use shared::regex::Regex;
 
 /// Where an extractor reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl Extractor {
                 if subgroup != 0 {
                     return Err("REPLACE_ALL mode set but subgroup is not 0".to_string());
                 }
-                let search = Regex::new(pattern).map_err(|e| format!("invalid regex {pattern:?}: {e}"))?;
+                let search = Regex::new(pattern, false).map_err(|e| format!("invalid regex {pattern:?}: {e}"))?;
                 (search, ecmascript_to_rust_replacement(&text, groups))
             }
         };
@@ -82,31 +82,22 @@ impl Extractor {
         match self.mode {
             Mode::Extract => self
                 .regex
-                .captures(input)
-                .and_then(|c| c.get(self.subgroup))
-                .map(|m| m.as_str().to_string())
-                .unwrap_or_default(),
-            Mode::SingleReplace => match self.regex.captures(input).and_then(|c| c.get(self.subgroup)) {
+                .group(input, self.subgroup)
+                .and_then(|group| input.get(group))
+                .unwrap_or_default()
+                .to_string(),
+            Mode::SingleReplace => match self.regex.group(input, self.subgroup) {
                 Some(group) => {
                     let mut out = String::with_capacity(input.len() + self.replacement.len());
-                    out.push_str(input.get(..group.start()).unwrap_or_default());
+                    out.push_str(input.get(..group.start).unwrap_or_default());
                     out.push_str(&self.replacement);
-                    out.push_str(input.get(group.end()..).unwrap_or_default());
+                    out.push_str(input.get(group.end..).unwrap_or_default());
                     out
                 }
                 None => input.to_string(),
             },
-            Mode::ReplaceAll => self
-                .regex
-                .replace_all(input, |caps: &regex_lite::Captures<'_>| {
-                    // std::regex_constants::match_not_null: empty matches are not replaced.
-                    let mut out = String::new();
-                    if caps.get(0).is_some_and(|m| !m.is_empty()) {
-                        caps.expand(&self.replacement, &mut out);
-                    }
-                    out
-                })
-                .into_owned(),
+            // std::regex_constants::match_not_null: empty matches are not replaced.
+            Mode::ReplaceAll => self.regex.replace_non_empty(input, &self.replacement),
         }
     }
 }
