@@ -405,7 +405,9 @@ impl Stream for TransformationStream {
     }
 
     fn on_response_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
-        if self.rule.is_none() {
+        // The response headers are read only when a response transformation may apply (a read costs a host call).
+        let rule = self.rule.and_then(|index| self.filter.config.rules.get(index));
+        if self.response.is_none() && rule.is_none_or(|rule| rule.response_matches.is_empty()) {
             return Flow::Continue;
         }
         let headers = match host.headers_text(Side::Response) {

@@ -483,3 +483,14 @@ fn metadata_functions_read_envoy_metadata() {
     // No upstream host in a request filter: null, printed as nothing.
     assert_eq!(host.header_of(Side::Request, "x-h").as_deref(), Some("[]"));
 }
+
+#[test]
+fn a_response_no_transformation_can_apply_to_costs_no_host_call() {
+    let mut s = stream();
+    let host = FakeHost::with_request(&[(":method", "GET"), (":path", "/headers")]);
+    assert_eq!(s.on_request_headers(&host, true), Flow::Continue);
+    host.set_response(&[(":status", "200")], b"");
+    host.calls.borrow_mut().clear();
+    assert_eq!(s.on_response_headers(&host, true), Flow::Continue);
+    assert_eq!(*host.calls.borrow(), Vec::<&str>::new());
+}

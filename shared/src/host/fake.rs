@@ -56,6 +56,8 @@ pub struct FakeHost {
     pub unix: Cell<u64>,
     /// Host calls (by method name, e.g. `"set_header"`) that fail with the given error.
     pub failures: RefCell<HashMap<&'static str, HostError>>,
+    /// The host calls made so far, by method name: what a filter costs in a real host is mostly its calls.
+    pub calls: RefCell<Vec<&'static str>>,
     next_token: Cell<u32>,
 }
 
@@ -94,6 +96,7 @@ impl FakeHost {
     }
 
     fn check(&self, method: &'static str) -> HostResult<()> {
+        self.calls.borrow_mut().push(method);
         match self.failures.borrow().get(method) {
             Some(err) => Err(*err),
             None => Ok(()),
