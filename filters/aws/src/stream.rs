@@ -186,7 +186,7 @@ impl Filter for AwsFilter {
     }
 
     fn stream(filter: Rc<Self>) -> AwsStream {
-        AwsStream { filter, state: State::Idle, lambda: None, is_grpc: false, pending: None }
+        AwsStream { filter, state: State::Idle, lambda: None, is_grpc: false, pending: None, request_headers: None }
     }
 }
 
@@ -304,6 +304,9 @@ pub struct AwsStream {
     is_grpc: bool,
     /// The body, once complete, while credentials are fetched. `None` for a request whose body streams.
     pending: Option<Body>,
+    /// The request's headers as read when they arrived: nothing can change them while the filter holds them, so
+    /// signing does not read them again (a host call).
+    request_headers: Option<Vec<(String, Vec<u8>)>>,
 }
 
 impl Stream for AwsStream {
@@ -341,8 +344,10 @@ impl Stream for AwsStream {
                 return self.too_large();
             }
             self.state = State::AwaitingBody;
+            self.request_headers = Some(headers);
             return Flow::Buffer;
         }
+        self.request_headers = Some(headers);
         // Bodiless: the hash of the empty body. Streaming (unsigned payload): no body to hash.
         let body = (end_of_stream || tunnel).then(|| Body { bytes: Vec::new(), size: 0 });
         self.proceed(host, body)
@@ -483,7 +488,7 @@ impl AwsStream {
     /// Rewrites (Lambda) and signs the request in place, then lets it go on. `body`: the complete body when the
     /// payload is signed or the request has none; `None` when it streams.
     fn sign(&mut self, host: &dyn Host, credentials: &Credentials, body: Option<Body>) -> Flow {
-        let headers = match host.headers(Side::Request) {
+        let headers = match self.request_headers.take().map_or_else(|| host.headers(Side::Request), Ok) {
             Ok(headers) => headers,
             Err(err) => return self.internal_error("request headers unavailable", err),
         };

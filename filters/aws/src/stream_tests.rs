@@ -75,6 +75,8 @@ fn a_signed_put_is_held_until_its_body_is_complete() {
     assert_eq!(header(&host, "authorization"), None, "nothing signed before the body is there");
     assert_eq!(s.on_request_body(&host, 5, false), Flow::Buffer);
     assert_eq!(s.on_request_body(&host, 11, true), Flow::Continue);
+    let reads = host.calls.borrow().iter().filter(|call| **call == "headers").count();
+    assert_eq!(reads, 1, "the held headers are read once");
     assert_eq!(header(&host, "x-amz-content-sha256").unwrap(), sigv4::sha256_hex(b"hello world"));
     assert_eq!(header(&host, "content-length").as_deref(), Some("11"));
     assert_eq!(header(&host, "transfer-encoding"), None);
