@@ -492,7 +492,7 @@ impl AwsStream {
             Ok(headers) => headers,
             Err(err) => return self.internal_error("request headers unavailable", err),
         };
-        let mut request = Rewrite::new(host, headers);
+        let mut request = Rewrite { host, headers };
         match self.rewrite_and_sign(&mut request, credentials, body) {
             Ok(Ok(())) => {
                 if self.lambda.is_none() {
@@ -536,24 +536,24 @@ impl AwsStream {
                     }
                 }
                 for name in &dropped {
-                    request.remove(name);
+                    request.remove(name)?;
                 }
-                request.set(":method", b"POST");
+                request.set(":method", b"POST")?;
                 let path = lambda::invoke_path(&lambda.function, lambda.qualifier.as_deref());
-                request.set(":path", path.as_bytes());
-                request.set(":authority", self.filter.lambda_host.as_bytes());
-                request.set("content-type", b"application/json");
-                request.set("x-amz-invocation-type", lambda::invocation_type(lambda.invocation).as_bytes());
+                request.set(":path", path.as_bytes())?;
+                request.set(":authority", self.filter.lambda_host.as_bytes())?;
+                request.set("content-type", b"application/json")?;
+                request.set("x-amz-invocation-type", lambda::invocation_type(lambda.invocation).as_bytes())?;
                 if let Some(payload) = payload {
-                    request.set("content-length", payload.len().to_string().as_bytes());
+                    request.set("content-length", payload.len().to_string().as_bytes())?;
                 }
                 hash
             }
             None => {
                 if let Some(body) = body.as_ref().filter(|b| b.size > 0) {
                     // The buffered body is complete now: its length, whatever framing the client used.
-                    request.remove("transfer-encoding");
-                    request.set("content-length", body.bytes.len().to_string().as_bytes());
+                    request.remove("transfer-encoding")?;
+                    request.set("content-length", body.bytes.len().to_string().as_bytes())?;
                 }
                 signing::payload_hash(config, body.as_ref().map(|b| b.bytes.as_slice()))
             }
@@ -568,7 +568,7 @@ impl AwsStream {
                     );
                 }
             } else {
-                request.set(TIMEOUT_HEADER, ms.to_string().as_bytes());
+                request.set(TIMEOUT_HEADER, ms.to_string().as_bytes())?;
             }
         }
         let own: &[&str] = if self.lambda.is_some() { &["x-amz-invocation-type"] } else { &[] };
@@ -578,12 +578,11 @@ impl AwsStream {
             Err(message) => return Ok(Err(message)),
         };
         for name in &changes.remove {
-            request.remove(name);
+            request.remove(name)?;
         }
         for (name, value) in &changes.set {
-            request.set(name, value.as_bytes());
+            request.set(name, value.as_bytes())?;
         }
-        request.commit()?;
         if let (Some(event), Some(body)) = (&new_body, &body) {
             request.host.set_body(Side::Request, body.size, event)?;
         }
@@ -710,31 +709,25 @@ impl ClientRequestOwned<'_> {
     }
 }
 
-/// The request's headers as read from the host (bytes) and as the filter changes them: the signature is computed
-/// over exactly what is sent, and the changes go to the host at once ([`Rewrite::commit`]).
+/// The request's headers as read from the host (bytes), kept in step with what the filter changes, so that the
+/// signature is computed over exactly what is sent.
 struct Rewrite<'h> {
     host: &'h dyn Host,
-    read: Vec<(String, Vec<u8>)>,
     headers: Vec<(String, Vec<u8>)>,
 }
 
-impl<'h> Rewrite<'h> {
-    fn new(host: &'h dyn Host, read: Vec<(String, Vec<u8>)>) -> Self {
-        Rewrite { host, headers: read.clone(), read }
-    }
-
-    fn set(&mut self, name: &str, value: &[u8]) {
+impl Rewrite<'_> {
+    fn set(&mut self, name: &str, value: &[u8]) -> HostResult<()> {
+        self.host.set_header(Side::Request, name, value)?;
         self.headers.retain(|(n, _)| n != name);
         self.headers.push((name.to_string(), value.to_vec()));
+        Ok(())
     }
 
-    fn remove(&mut self, name: &str) {
+    fn remove(&mut self, name: &str) -> HostResult<()> {
+        self.host.remove_header(Side::Request, name)?;
         self.headers.retain(|(n, _)| n != name);
-    }
-
-    /// Gives the host the headers as changed (one host call in the Wasm build).
-    fn commit(&self) -> HostResult<()> {
-        self.host.replace_headers(Side::Request, &self.read, &self.headers)
+        Ok(())
     }
 }
 

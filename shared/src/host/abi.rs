@@ -74,7 +74,6 @@ mod imp {
             value_size: usize,
         ) -> u32;
         fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
-        fn proxy_set_header_map_pairs(map_type: u32, map_data: *const u8, map_size: usize) -> u32;
         fn proxy_get_buffer_bytes(
             buffer_type: u32,
             start: usize,
@@ -175,12 +174,6 @@ mod imp {
     pub fn remove_header(map: u32, name: &str) -> HostResult<()> {
         // SAFETY: points into a live &str.
         status(unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) })
-    }
-
-    /// Replaces the whole map with `pairs` (encoded by `crate::pairs::serialize`).
-    pub fn set_header_map_pairs(map: u32, pairs: &[u8]) -> HostResult<()> {
-        // SAFETY: points into a live slice.
-        status(unsafe { proxy_set_header_map_pairs(map, pairs.as_ptr(), pairs.len()) })
     }
 
     pub fn buffer_bytes(buffer: u32, start: usize, max_size: usize) -> HostResult<Vec<u8>> {
@@ -284,9 +277,6 @@ mod imp {
         status(UNIMPLEMENTED)
     }
     pub fn remove_header(_: u32, _: &str) -> HostResult<()> {
-        status(UNIMPLEMENTED)
-    }
-    pub fn set_header_map_pairs(_: u32, _: &[u8]) -> HostResult<()> {
         status(UNIMPLEMENTED)
     }
     pub fn buffer_bytes(_: u32, _: usize, _: usize) -> HostResult<Vec<u8>> {

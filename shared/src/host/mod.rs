@@ -140,18 +140,6 @@ pub trait Host: SharedStore {
     /// Adds one more value of a header.
     fn add_header(&self, side: Side, name: &str, value: &[u8]) -> HostResult<()>;
     fn remove_header(&self, side: Side, name: &str) -> HostResult<()>;
-    /// Replaces a message's headers, as read (`before`), with `after` (names in lower case, in order). Here the
-    /// names whose values differ are changed one call each; the Wasm build makes one call for all.
-    fn replace_headers(&self, side: Side, before: &[(String, Vec<u8>)], after: &[(String, Vec<u8>)]) -> HostResult<()> {
-        for change in header_changes(before, after) {
-            match change {
-                HeaderChange::Remove(name) => self.remove_header(side, name)?,
-                HeaderChange::Set(name, value) => self.set_header(side, name, value)?,
-                HeaderChange::Add(name, value) => self.add_header(side, name, value)?,
-            }
-        }
-        Ok(())
-    }
     /// The body buffered so far (`size` as the body callback reported it).
     fn body(&self, side: Side, size: usize) -> HostResult<Vec<u8>>;
     /// Replaces the whole buffered body (`size` as the body callback reported it).
@@ -197,50 +185,6 @@ pub trait Host: SharedStore {
     fn unix_secs(&self) -> u64 {
         self.unix_nanos() / 1_000_000_000
     }
-}
-
-/// One change to a header map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeaderChange<'a> {
-    Remove(&'a str),
-    /// Replaces every value of the header with this one.
-    Set(&'a str, &'a [u8]),
-    /// Adds one more value.
-    Add(&'a str, &'a [u8]),
-}
-
-/// The changes that turn the headers `before` into `after`: names gone are removed, names whose values differ
-/// (in value or in order) are set to their first value and get the others added.
-pub fn header_changes<'a>(before: &'a [(String, Vec<u8>)], after: &'a [(String, Vec<u8>)]) -> Vec<HeaderChange<'a>> {
-    let values = |pairs: &'a [(String, Vec<u8>)], name: &'a str| {
-        pairs.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_slice())
-    };
-    let mut changes = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
-    for (name, _) in before {
-        if !seen.contains(&name.as_str()) {
-            seen.push(name);
-            if !after.iter().any(|(n, _)| n == name) {
-                changes.push(HeaderChange::Remove(name));
-            }
-        }
-    }
-    seen.clear();
-    for (name, _) in after {
-        if seen.contains(&name.as_str()) {
-            continue;
-        }
-        seen.push(name);
-        if values(before, name).eq(values(after, name)) {
-            continue;
-        }
-        let mut new = values(after, name);
-        if let Some(first) = new.next() {
-            changes.push(HeaderChange::Set(name, first));
-            changes.extend(new.map(|value| HeaderChange::Add(name, value)));
-        }
-    }
-    changes
 }
 
 /// Bytes as text, invalid UTF-8 replaced (without a copy when valid).
@@ -290,42 +234,5 @@ impl crate::request::RequestHeaders for RequestView<'_> {
 
     fn route_name(&self) -> Option<std::borrow::Cow<'_, str>> {
         self.host.property_text(&["xds", "route_name"]).ok().flatten().map(std::borrow::Cow::Owned)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pairs(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        list.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect()
-    }
-
-    #[test]
-    fn header_changes_touch_only_what_differs() {
-        let before = pairs(&[(":path", "/a"), ("x", "1"), ("x", "2"), ("gone", "g"), ("same", "s")]);
-        let after = pairs(&[(":path", "/b"), ("same", "s"), ("x", "2"), ("x", "1"), ("new", "n"), ("new", "m")]);
-        use HeaderChange::*;
-        assert_eq!(
-            header_changes(&before, &after),
-            vec![
-                Remove("gone"),
-                Set(":path", b"/b"),
-                Set("x", b"2"),
-                Add("x", b"1"),
-                Set("new", b"n"),
-                Add("new", b"m")
-            ]
-        );
-        assert_eq!(header_changes(&after, &after), vec![]);
-    }
-
-    #[test]
-    fn replacing_headers_on_a_host_gives_the_new_map() {
-        let host = FakeHost::with_request(&[(":path", "/a"), ("x", "1"), ("x", "2"), ("gone", "g")]);
-        let before = host.headers(Side::Request).unwrap();
-        let after = pairs(&[(":path", "/b"), ("x", "3"), ("new", "n")]);
-        host.replace_headers(Side::Request, &before, &after).unwrap();
-        assert_eq!(host.headers(Side::Request).unwrap(), after);
     }
 }

@@ -86,16 +86,6 @@ impl super::Host for WasmHost {
         abi::remove_header(header_map(side), name)
     }
 
-    /// One host call: Envoy empties the map and adds every pair, which costs less than a call into the VM per
-    /// changed header.
-    fn replace_headers(&self, side: Side, before: &[(String, Vec<u8>)], after: &[(String, Vec<u8>)]) -> HostResult<()> {
-        if before == after {
-            return Ok(());
-        }
-        let pairs: Vec<(&str, &[u8])> = after.iter().map(|(name, value)| (name.as_str(), value.as_slice())).collect();
-        abi::set_header_map_pairs(header_map(side), &crate::pairs::serialize(&pairs))
-    }
-
     fn body(&self, side: Side, size: usize) -> HostResult<Vec<u8>> {
         if size == 0 {
             return Ok(Vec::new());
