@@ -1,6 +1,6 @@
 //! Request matching with the JSON shapes of Envoy's `RouteMatch` and `HeaderMatcher` (snake_case), plus
-//! `methods` and `route_name`. Regexes are compiled once, when the configuration is parsed, with the `regex`
-//! crate (linear time, like RE2) and must match the whole input, as Envoy's `safe_regex` does.
+//! `methods` and `route_name`. Regexes are compiled once, when the configuration is parsed ([`crate::regex`]:
+//! linear time, like RE2) and must match the whole input, as Envoy's `safe_regex` does.
 
 use crate::regex::Regex;
 use serde::Deserialize;
