@@ -717,14 +717,23 @@ struct Rewrite<'h> {
 }
 
 impl Rewrite<'_> {
+    /// Sets a header; one that already has exactly this value costs no host call.
     fn set(&mut self, name: &str, value: &[u8]) -> HostResult<()> {
+        let mut values = self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
+        if values.next().is_some_and(|v| v == value) && values.next().is_none() {
+            return Ok(());
+        }
         self.host.set_header(Side::Request, name, value)?;
         self.headers.retain(|(n, _)| n != name);
         self.headers.push((name.to_string(), value.to_vec()));
         Ok(())
     }
 
+    /// Removes a header; one that is not there costs no host call.
     fn remove(&mut self, name: &str) -> HostResult<()> {
+        if !self.headers.iter().any(|(n, _)| n == name) {
+            return Ok(());
+        }
         self.host.remove_header(Side::Request, name)?;
         self.headers.retain(|(n, _)| n != name);
         Ok(())

@@ -85,6 +85,19 @@ fn a_signed_put_is_held_until_its_body_is_complete() {
     assert!(header(&host, "authorization").unwrap().contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date,"));
     assert_eq!(&*host.request_body.borrow(), b"hello world", "the body goes on as it came");
 
+    // A body framed by a right `content-length` needs neither a new length nor a `transfer-encoding` removal: the
+    // host calls are the signature's headers (and the timeout's).
+    let host =
+        FakeHost::with_request(&[(":method", "PUT"), (":path", "/k"), (":authority", "gw"), ("content-length", "11")])
+            .body(b"hello world");
+    let mut s = stream(&host, &s3(r#", "timeout": "2s""#));
+    assert_eq!(s.on_request_headers(&host, false), Flow::Buffer);
+    assert_eq!(s.on_request_body(&host, 11, true), Flow::Continue);
+    let sets = host.calls.borrow().iter().filter(|call| **call == "set_header").count();
+    assert_eq!(sets, 4, "{:?}", host.calls.borrow());
+    assert!(!host.calls.borrow().contains(&"remove_header"));
+    assert!(header(&host, "authorization").is_some());
+
     // On a cluster (upstream filter) the router has chosen the timeout already: no header for AWS to see.
     let host = FakeHost::with_request(&[(":method", "PUT"), (":path", "/files/k"), (":authority", "gw")]);
     host.set_property("upstream.address", "10.0.0.1:443");

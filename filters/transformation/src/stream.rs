@@ -163,8 +163,14 @@ impl TransformationStream {
             Side::Response => self.request_headers.clone(),
         };
         let metadata = read_metadata(host, transformation);
+        // Removing a header that is not there would still cost a host call.
+        let had = |name: &str| headers.iter().any(|(n, _)| n == name);
+        let (had_content_type, had_transfer_encoding) = (had("content-type"), had("transfer-encoding"));
         let message = Message { headers, request_headers, body: &decoded, is_request: side == Side::Request, metadata };
         let outcome = transformation.apply(message).map_err(Failure::Invalid)?;
+        let present = |name: &str, had: bool| had || outcome.ops.iter().any(|op| op.name() == name);
+        let (has_content_type, has_transfer_encoding) =
+            (present("content-type", had_content_type), present("transfer-encoding", had_transfer_encoding));
         // As Gloo: a body the transformation made empty is sent without `content-type`, with `content-length: 0`.
         let emptied = outcome.body.as_ref().is_some_and(Vec::is_empty);
         // A message whose headers ended the stream cannot get a body (the Wasm ABI has no way to add one).
@@ -189,13 +195,15 @@ impl TransformationStream {
             _ => None,
         };
         apply_ops(host, side, &outcome.ops);
-        if emptied {
+        if emptied && has_content_type {
             set_header(host, side, "content-type", None);
         }
         if let Some(length) = new_body {
             set_header(host, side, "content-length", Some(&length.to_string()));
             // The length delimits the body now (HTTP/1 chunked framing would contradict it).
-            set_header(host, side, "transfer-encoding", None);
+            if has_transfer_encoding {
+                set_header(host, side, "transfer-encoding", None);
+            }
             if encoding.is_compressed() && !filter.config.reencode {
                 set_header(host, side, "content-encoding", None);
             }

@@ -129,6 +129,14 @@ fn body_template_holds_the_headers_then_sets_body_and_length_together() {
     assert_eq!(host.header_of(Side::Request, "transfer-encoding"), None);
     assert!(host.replies.borrow().is_empty() && host.resumed.borrow().is_empty());
     assert_eq!(metric("request_body_transformations"), 1);
+
+    // Without `transfer-encoding` there is nothing to remove: no host call for it.
+    let mut s = stream();
+    let host = post("/body", &[], body);
+    assert_eq!(s.on_request_headers(&host, false), Flow::Buffer);
+    assert_eq!(s.on_request_body(&host, body.len(), true), Flow::Continue);
+    assert_eq!(host.header_of(Side::Request, "content-length"), Some("15".to_string()));
+    assert!(!host.calls.borrow().contains(&"remove_header"), "{:?}", host.calls.borrow());
 }
 
 #[test]

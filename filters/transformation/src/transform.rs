@@ -43,6 +43,15 @@ pub enum HeaderOp {
     Append(String, String),
 }
 
+impl HeaderOp {
+    /// The header the operation changes.
+    pub fn name(&self) -> &str {
+        match self {
+            HeaderOp::Set(name, _) | HeaderOp::Remove(name) | HeaderOp::Append(name, _) => name,
+        }
+    }
+}
+
 /// What a transformation changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
