@@ -243,6 +243,25 @@ async fn client_ip_is_the_peer_not_a_forwarded_header_and_missing_keys_follow_th
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_key_header_is_one_key_of_its_values_joined() {
+    let echo = EchoUpstream::start();
+    let config = json!({"rules": [{"name": "joined", "key": [{"header": "x-api-key"}], "limits": [{"requests": 1, "per": "1m"}]}]});
+    let envoy = start(&echo, config);
+    let client = reqwest::Client::new();
+    let send = |values: &[&str]| {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for value in values {
+            headers.append("x-api-key", value.parse().unwrap());
+        }
+        client.get(format!("{}/x", envoy.url("front"))).headers(headers).send()
+    };
+    assert_eq!(send(&["a", "b"]).await.unwrap().status(), 200);
+    assert_eq!(send(&["a,b"]).await.unwrap().status(), 429, "the same key as a and b sent apart");
+    assert_eq!(send(&["a"]).await.unwrap().status(), 200, "a key of its own");
+    assert_eq!(send(&["b", "a"]).await.unwrap().status(), 200, "values in another order: another key");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_full_table_fails_open_and_idle_buckets_give_their_slots_to_new_keys() {
     let echo = EchoUpstream::start();
     let config = json!({"rules": [{"name": "per-key", "key": [{"header": "x-api-key"}], "limits": [{"requests": 1, "per": "300ms"}]}],

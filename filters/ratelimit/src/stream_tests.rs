@@ -89,6 +89,26 @@ fn allowed_requests_continue_and_get_the_figures_on_the_response() {
 }
 
 #[test]
+fn where_single_reads_are_cheap_a_decision_reads_only_the_headers_its_rules_need() {
+    let host = host();
+    host.cheap_single_header_reads.set(true);
+    let filter = configure(
+        &host,
+        json!({"rules": [{"name": "by-name", "key": [{"header": "x-api-key"}], "limits": [{"requests": 1, "per": "1m"}]}]}),
+    );
+    host.calls.borrow_mut().clear();
+    // Two values of the key header are one key, their values joined, as when the whole map is read.
+    let (_, flow) = request(&filter, &host, &[("x-api-key", "a"), ("x-api-key", "b"), ("x-other", "1")]);
+    assert_eq!(flow, Flow::Continue);
+    assert!(!host.calls.borrow().contains(&"headers"), "{:?}", host.calls.borrow());
+    assert_eq!(host.calls.borrow().iter().filter(|c| **c == "header_joined_text").count(), 1);
+    host.cheap_single_header_reads.set(false);
+    let (_, flow) = request(&filter, &host, &[("x-api-key", "a,b")]);
+    assert_eq!(replied(flow).status, 429, "the same bucket");
+    assert_eq!(metric("by-name", "limited"), 1);
+}
+
+#[test]
 fn without_response_headers_configured_nothing_is_added() {
     let host = host();
     let filter = configure(&host, json!({"rules": [{"name": "quiet", "limits": [{"requests": 5, "per": "1s"}]}]}));

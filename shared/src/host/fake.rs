@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{GrpcCall, HostError, HostResult, HttpCall, Side};
+use super::{lossy, GrpcCall, HostError, HostResult, HttpCall, Side};
 use crate::reply::LocalReply;
 use crate::store::{MemoryStore, SharedStore};
 
@@ -58,6 +58,8 @@ pub struct FakeHost {
     pub failures: RefCell<HashMap<&'static str, HostError>>,
     /// The host calls made so far, by method name: what a filter costs in a real host is mostly its calls.
     pub calls: RefCell<Vec<&'static str>>,
+    /// Answer [`super::Host::cheap_single_header_reads`] as a dynamic module does (`true`) or as Wasm does.
+    pub cheap_single_header_reads: Cell<bool>,
     next_token: Cell<u32>,
 }
 
@@ -153,6 +155,17 @@ impl super::Host for FakeHost {
         self.check("header")?;
         // Envoy answers a single lookup with the first value of a repeated header.
         Ok(self.map(side).borrow().iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()))
+    }
+
+    fn cheap_single_header_reads(&self) -> bool {
+        self.cheap_single_header_reads.get()
+    }
+
+    fn header_joined_text(&self, side: Side, name: &str) -> HostResult<Option<String>> {
+        self.check("header_joined_text")?;
+        let map = self.map(side).borrow();
+        let values: Vec<String> = map.iter().filter(|(n, _)| n == name).map(|(_, v)| lossy(v.clone())).collect();
+        Ok((!values.is_empty()).then(|| values.join(",")))
     }
 
     fn headers(&self, side: Side) -> HostResult<Vec<(String, Vec<u8>)>> {
@@ -295,6 +308,30 @@ mod tests {
         assert_eq!(host.header(Side::Request, "x").unwrap(), None);
         host.fail("header", HostError::BadArgument);
         assert_eq!(host.header(Side::Request, ":path"), Err(HostError::BadArgument));
+    }
+
+    #[test]
+    fn a_request_view_reads_by_name_only_where_single_reads_are_cheap() {
+        use crate::host::RequestView;
+        use crate::RequestHeaders;
+        let headers = [(":path", "/a"), ("x-key", "1"), ("x-key", "2")];
+        for cheap in [false, true] {
+            let host = FakeHost::with_request(&headers);
+            host.cheap_single_header_reads.set(cheap);
+            let view = RequestView::by_name(&host);
+            // Repeated headers read as their values joined, whichever way they were read.
+            assert_eq!(view.header("X-Key").as_deref(), Some("1,2"));
+            assert_eq!(view.header("x-key").as_deref(), Some("1,2"));
+            assert_eq!(view.header("x-absent"), None);
+            assert_eq!(view.header("x-absent"), None);
+            let expected: &[&str] =
+                if cheap { &["header_joined_text", "header_joined_text"] } else { &["headers"] };
+            assert_eq!(*host.calls.borrow(), expected, "cheap single reads: {cheap}");
+            // Once the whole map is read, lookups use it.
+            assert_eq!(view.pairs().len(), 3);
+            assert_eq!(view.header(":path").as_deref(), Some("/a"));
+            assert_eq!(host.calls.borrow().len(), expected.len() + usize::from(cheap));
+        }
     }
 
     #[test]

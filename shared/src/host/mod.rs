@@ -171,6 +171,19 @@ pub trait Host: SharedStore {
         Ok(self.headers(side)?.into_iter().map(|(name, value)| (name, lossy(value))).collect())
     }
 
+    /// Whether reading a few headers one by one costs less than reading the whole map: true where host calls are
+    /// plain function calls (dynamic modules); false in Wasm, where every value returned is a call back into the VM.
+    fn cheap_single_header_reads(&self) -> bool {
+        false
+    }
+
+    /// Every value of a header, in order, joined with "," (how [`crate::RequestHeaders`] reads a repeated header),
+    /// as text; `Ok(None)` when absent.
+    fn header_joined_text(&self, side: Side, name: &str) -> HostResult<Option<String>> {
+        let pairs = self.headers_text(side)?;
+        Ok(crate::request::RequestHeaders::header(pairs.as_slice(), name).map(std::borrow::Cow::into_owned))
+    }
+
     /// A property as text (non-UTF-8 bytes replaced); empty values read as absent.
     fn property_text(&self, path: &[&str]) -> HostResult<Option<String>> {
         Ok(self.property(path)?.filter(|bytes| !bytes.is_empty()).map(lossy))
@@ -198,14 +211,25 @@ pub fn lossy(bytes: Vec<u8>) -> String {
 /// The request's headers, read all at once from the host on the first lookup and kept (each value the host
 /// returns costs a call back into the VM, so one read of the whole map beats several single reads). A host that
 /// cannot give them (it always can in the request-headers callback) reads as no headers, logged.
+///
+/// Made with [`RequestView::by_name`] on a host where single reads are cheap, lookups before any whole read go to
+/// the host one name at a time (for a filter that needs a few known headers, such as a rate-limit key).
 pub struct RequestView<'h> {
     host: &'h dyn Host,
     headers: std::cell::OnceCell<Vec<(String, String)>>,
+    /// The names looked up one at a time and their values; `None` when the view reads the whole map.
+    by_name: Option<std::cell::RefCell<Vec<(String, Option<String>)>>>,
 }
 
 impl<'h> RequestView<'h> {
     pub fn new(host: &'h dyn Host) -> Self {
-        RequestView { host, headers: std::cell::OnceCell::new() }
+        RequestView { host, headers: std::cell::OnceCell::new(), by_name: None }
+    }
+
+    /// A view that looks headers up one name at a time where the host makes that cheaper than reading them all.
+    pub fn by_name(host: &'h dyn Host) -> Self {
+        let by_name = host.cheap_single_header_reads().then(std::cell::RefCell::default);
+        RequestView { host, headers: std::cell::OnceCell::new(), by_name }
     }
 
     /// All request headers, in order (read now if not yet).
@@ -218,6 +242,24 @@ impl<'h> RequestView<'h> {
         let host = self.host;
         self.headers.into_inner().unwrap_or_else(|| read_request_headers(host))
     }
+
+    /// One header read from the host by name, kept for the next lookup of the same name.
+    fn read_by_name(&self, names: &std::cell::RefCell<Vec<(String, Option<String>)>>, name: &str) -> Option<String> {
+        if let Some((_, value)) = names.borrow().iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            return value.clone();
+        }
+        let lower = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
+        let value = self.host.header_joined_text(Side::Request, &lower).unwrap_or_else(|err| {
+            log::warn!("request header {name} unavailable: {err}");
+            None
+        });
+        names.borrow_mut().push((lower.into_owned(), value.clone()));
+        value
+    }
 }
 
 fn read_request_headers(host: &dyn Host) -> Vec<(String, String)> {
@@ -229,7 +271,10 @@ fn read_request_headers(host: &dyn Host) -> Vec<(String, String)> {
 
 impl crate::request::RequestHeaders for RequestView<'_> {
     fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
-        self.pairs().as_slice().header(name)
+        match &self.by_name {
+            Some(names) if self.headers.get().is_none() => self.read_by_name(names, name).map(std::borrow::Cow::Owned),
+            _ => self.pairs().as_slice().header(name),
+        }
     }
 
     fn route_name(&self) -> Option<std::borrow::Cow<'_, str>> {

@@ -110,6 +110,24 @@ impl NativeHost<'_> {
         }
     }
 
+    /// The `index`-th value of a header (Envoy's buffer, valid for this hook) and how many values it has. Envoy
+    /// answers `false` both for an absent header and for a failure, so the count (0 when absent) tells them apart.
+    fn header_value(&self, side: Side, name: &str, index: usize) -> HostResult<(Option<EnvoyBuffer>, usize)> {
+        let (api, filter) = (api()?, self.filter()?);
+        let mut value = EnvoyBuffer::NULL;
+        let mut count = 0usize;
+        // SAFETY: the key points into a live &str; the out-pointers are to locals.
+        let found = unsafe {
+            (api.get_header)(filter, header_map(side), ModuleBuffer::of(name.as_bytes()), &mut value, index, &mut count)
+        };
+        match (found, count) {
+            (_, 0) => Ok((None, 0)),
+            (true, _) => Ok((Some(value), count)),
+            (false, _) if index >= count => Ok((None, count)),
+            (false, _) => Err(HostError::BadArgument),
+        }
+    }
+
     /// The chunks of one body buffer, concatenated onto `out`.
     fn read_body(&self, api: &ffi::Api, filter: *mut c_void, kind: u32, out: &mut Vec<u8>) {
         // SAFETY: `filter` is the stream's, alive during this hook.
@@ -203,16 +221,26 @@ impl NativeHost<'_> {
 
 impl crate::host::Host for NativeHost<'_> {
     fn header(&self, side: Side, name: &str) -> HostResult<Option<Vec<u8>>> {
-        let (api, filter) = (api()?, self.filter()?);
-        let mut value = EnvoyBuffer::NULL;
-        let mut count = 0usize;
-        // SAFETY: the key points into a live &str; the out-pointers are to locals.
-        let done = unsafe {
-            (api.get_header)(filter, header_map(side), ModuleBuffer::of(name.as_bytes()), &mut value, 0, &mut count)
-        };
-        ok(done)?;
-        // SAFETY: Envoy's value, alive for this hook.
-        Ok((count > 0).then(|| unsafe { value.to_vec() }))
+        // SAFETY: the value is copied before this hook returns.
+        Ok(self.header_value(side, name, 0)?.0.map(|value| unsafe { value.to_vec() }))
+    }
+
+    fn cheap_single_header_reads(&self) -> bool {
+        true
+    }
+
+    fn header_joined_text(&self, side: Side, name: &str) -> HostResult<Option<String>> {
+        let (Some(first), count) = self.header_value(side, name, 0)? else { return Ok(None) };
+        // SAFETY: the values are copied before this hook returns.
+        let mut joined = unsafe { first.to_vec() };
+        for index in 1..count {
+            if let (Some(value), _) = self.header_value(side, name, index)? {
+                joined.push(b',');
+                // SAFETY: as above.
+                joined.extend_from_slice(&unsafe { value.to_vec() });
+            }
+        }
+        Ok(Some(lossy(joined)))
     }
 
     fn headers(&self, side: Side) -> HostResult<Vec<(String, Vec<u8>)>> {
