@@ -47,6 +47,8 @@ pub struct RequestMatch {
     pub matcher: RouteMatch,
     pub request: Option<Rc<Transformation>>,
     pub response: Option<Rc<Transformation>>,
+    /// Envoy selects the route again once the request transformation is applied (see `Host::clear_route_cache`).
+    pub clear_route_cache: bool,
 }
 
 #[derive(Debug)]
@@ -117,9 +119,7 @@ struct RawRouteTransformations {
     request_transformation: Option<RawTransformation>,
     #[serde(alias = "responseTransformation")]
     response_transformation: Option<RawTransformation>,
-    /// Envoy re-selects the route whenever a Wasm filter changes request headers: always on.
     #[serde(default)]
-    #[allow(dead_code)]
     #[serde(alias = "clearRouteCache")]
     clear_route_cache: bool,
     #[serde(alias = "onStreamCompletionTransformation")]
@@ -151,7 +151,6 @@ struct RawRequestMatch {
     #[serde(alias = "responseTransformation")]
     response_transformation: Option<RawTransformation>,
     #[serde(default)]
-    #[allow(dead_code)]
     #[serde(alias = "clearRouteCache")]
     clear_route_cache: bool,
 }
@@ -382,6 +381,7 @@ fn build_rule(raw: RawRule, stage: u32, env: &Rc<HashMap<String, String>>) -> Re
                         env,
                         &format!("{path}.response_transformation"),
                     )?,
+                    clear_route_cache: m.clear_route_cache,
                 });
             }
             (None, Some(m)) => {
@@ -405,7 +405,13 @@ fn build_rule(raw: RawRule, stage: u32, env: &Rc<HashMap<String, String>>) -> Re
     let request = build_optional(routes.request_transformation, env, &format!("{at}.request_transformation"))?;
     let response = build_optional(routes.response_transformation, env, &format!("{at}.response_transformation"))?;
     if request.is_some() || response.is_some() {
-        rule.request_matches.push(RequestMatch { matcher: RouteMatch::default(), request, response });
+        let clear_route_cache = routes.clear_route_cache;
+        rule.request_matches.push(RequestMatch {
+            matcher: RouteMatch::default(),
+            request,
+            response,
+            clear_route_cache,
+        });
     }
     Ok(rule)
 }

@@ -80,6 +80,7 @@ impl Filter for TransformationFilter {
             rule: None,
             is_grpc: false,
             response: None,
+            clear_route_cache: false,
             request_headers: None,
             request: Phase::Pass,
             response_phase: Phase::Pass,
@@ -124,6 +125,8 @@ pub struct TransformationStream {
     is_grpc: bool,
     /// The response transformation the request match chose.
     response: Option<Rc<Transformation>>,
+    /// The request match asks Envoy to select the route again after its request transformation.
+    clear_route_cache: bool,
     /// The request's headers, for `request_header()` in response transformations (Envoy no longer gives them
     /// once they went on). Kept only when a response transformation may run.
     request_headers: Option<Rc<Vec<(String, String)>>>,
@@ -206,6 +209,11 @@ impl TransformationStream {
             }
             if encoding.is_compressed() && !filter.config.reencode {
                 set_header(host, side, "content-encoding", None);
+            }
+        }
+        if side == Side::Request && self.clear_route_cache {
+            if let Err(err) = host.clear_route_cache() {
+                log::warn!("{FILTER}: cannot make Envoy select the route again: {err}");
             }
         }
         filter.metrics.applied(side, transformation.needs_body());
@@ -371,6 +379,7 @@ impl Stream for TransformationStream {
         self.rule = Some(index);
         let entry = rule.request_matches.iter().find(|m| m.matcher.matches(&request));
         self.response = entry.and_then(|e| e.response.clone());
+        self.clear_route_cache = entry.is_some_and(|e| e.clear_route_cache);
         if self.response.is_some() || !rule.response_matches.is_empty() {
             self.request_headers = Some(Rc::new(request.pairs().clone()));
         }

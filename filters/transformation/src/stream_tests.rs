@@ -502,3 +502,37 @@ fn a_response_no_transformation_can_apply_to_costs_no_host_call() {
     assert_eq!(s.on_response_headers(&host, true), Flow::Continue);
     assert_eq!(*host.calls.borrow(), Vec::<&str>::new());
 }
+
+#[test]
+fn the_route_is_selected_again_only_where_clear_route_cache_asks() {
+    let config = r#"{"transformations": [
+      {"match": {"prefix": "/clear"}, "route_transformations": {"clear_route_cache": true,
+         "request_transformation": {"transformation_template": {"headers": {":path": {"text": "/v2"}}}}}},
+      {"match": {"prefix": "/matched"}, "route_transformations": {"transformations": [{"request_match": {
+         "clearRouteCache": true, "request_transformation": {"transformation_template": {"body": {"text": "{{ a }}"}}}}}]}},
+      {"match": {"prefix": "/keep"}, "route_transformations": {
+         "request_transformation": {"transformation_template": {"headers": {":path": {"text": "/v2"}}}}}}
+    ]}"#;
+    let filter = filter(config);
+    let cleared = |path: &str| {
+        let host = post(path, &[], br#"{"a": "b"}"#);
+        let mut s = TransformationFilter::stream(Rc::clone(&filter));
+        if s.on_request_headers(&host, false) == Flow::Buffer {
+            assert_eq!(s.on_request_body(&host, 10, true), Flow::Continue);
+            assert_eq!(*host.request_body.borrow(), b"b");
+        }
+        let calls = host.calls.borrow();
+        // After the transformation's changes, never before them.
+        let last_change = calls.iter().rposition(|c| c.ends_with("_header") || *c == "set_body");
+        match calls.iter().position(|c| *c == "clear_route_cache") {
+            Some(at) => {
+                assert!(last_change.is_some_and(|last| last < at), "{calls:?}");
+                true
+            }
+            None => false,
+        }
+    };
+    assert!(cleared("/clear"));
+    assert!(cleared("/matched"), "after the body's transformation");
+    assert!(!cleared("/keep"));
+}

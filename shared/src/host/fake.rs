@@ -276,6 +276,10 @@ impl super::Host for FakeHost {
     fn unix_nanos(&self) -> u64 {
         self.unix.get()
     }
+
+    fn clear_route_cache(&self) -> HostResult<()> {
+        self.check("clear_route_cache")
+    }
 }
 
 impl SharedStore for FakeHost {
@@ -324,8 +328,7 @@ mod tests {
             assert_eq!(view.header("x-key").as_deref(), Some("1,2"));
             assert_eq!(view.header("x-absent"), None);
             assert_eq!(view.header("x-absent"), None);
-            let expected: &[&str] =
-                if cheap { &["header_joined_text", "header_joined_text"] } else { &["headers"] };
+            let expected: &[&str] = if cheap { &["header_joined_text", "header_joined_text"] } else { &["headers"] };
             assert_eq!(*host.calls.borrow(), expected, "cheap single reads: {cheap}");
             // Once the whole map is read, lookups use it.
             assert_eq!(view.pairs().len(), 3);

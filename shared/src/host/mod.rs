@@ -160,6 +160,10 @@ pub trait Host: SharedStore {
     fn monotonic_nanos(&self) -> u64;
     /// Wall-clock time, nanoseconds since the Unix epoch.
     fn unix_nanos(&self) -> u64;
+    /// Makes Envoy select the route again for the request headers as they are now (Gloo's `clear_route_cache`).
+    /// The Wasm host already does it after every request-header change, so there this call does nothing; a
+    /// dynamic module keeps the route Envoy selected unless asked, as Envoy's own filters do.
+    fn clear_route_cache(&self) -> HostResult<()>;
 
     /// A header as text (non-UTF-8 bytes replaced), for logic that compares text.
     fn header_text(&self, side: Side, name: &str) -> HostResult<Option<String>> {

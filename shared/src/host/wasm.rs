@@ -157,6 +157,10 @@ impl super::Host for WasmHost {
     fn unix_nanos(&self) -> u64 {
         crate::clock::unix_nanos()
     }
+
+    fn clear_route_cache(&self) -> HostResult<()> {
+        Ok(()) // Envoy cleared it at the request-header change (and without one the route stays the same)
+    }
 }
 
 impl SharedStore for WasmHost {

@@ -206,19 +206,6 @@ impl NativeHost<'_> {
     }
 }
 
-impl NativeHost<'_> {
-    /// After a request header changed: Envoy picks the route again, as it does for a Wasm filter's change.
-    fn changed(&self, side: Side, done: bool) -> HostResult<()> {
-        if done && side == Side::Request {
-            if let (Ok(api), Ok(filter)) = (api(), self.filter()) {
-                // SAFETY: `filter` is the stream's, alive during this hook.
-                unsafe { (api.clear_route_cache)(filter) };
-            }
-        }
-        ok(done)
-    }
-}
-
 impl crate::host::Host for NativeHost<'_> {
     fn header(&self, side: Side, name: &str) -> HostResult<Option<Vec<u8>>> {
         // SAFETY: the value is copied before this hook returns.
@@ -261,24 +248,21 @@ impl crate::host::Host for NativeHost<'_> {
         let (api, filter) = (api()?, self.filter()?);
         let (name, value) = (ModuleBuffer::of(name.as_bytes()), ModuleBuffer::of(value));
         // SAFETY: both buffers point into live arguments.
-        self.changed(side, unsafe { (api.set_header)(filter, header_map(side), name, value) })
+        ok(unsafe { (api.set_header)(filter, header_map(side), name, value) })
     }
 
     fn add_header(&self, side: Side, name: &str, value: &[u8]) -> HostResult<()> {
         let (api, filter) = (api()?, self.filter()?);
         let (name, value) = (ModuleBuffer::of(name.as_bytes()), ModuleBuffer::of(value));
         // SAFETY: both buffers point into live arguments.
-        self.changed(side, unsafe { (api.add_header)(filter, header_map(side), name, value) })
+        ok(unsafe { (api.add_header)(filter, header_map(side), name, value) })
     }
 
     fn remove_header(&self, side: Side, name: &str) -> HostResult<()> {
         let (api, filter) = (api()?, self.filter()?);
         // A null value removes the header.
         // SAFETY: the name points into a live &str.
-        let done = unsafe {
-            (api.set_header)(filter, header_map(side), ModuleBuffer::of(name.as_bytes()), ModuleBuffer::NULL)
-        };
-        self.changed(side, done)
+        ok(unsafe { (api.set_header)(filter, header_map(side), ModuleBuffer::of(name.as_bytes()), ModuleBuffer::NULL) })
     }
 
     fn body(&self, side: Side, _size: usize) -> HostResult<Vec<u8>> {
@@ -410,6 +394,13 @@ impl crate::host::Host for NativeHost<'_> {
 
     fn unix_nanos(&self) -> u64 {
         crate::clock::unix_nanos()
+    }
+
+    fn clear_route_cache(&self) -> HostResult<()> {
+        let (api, filter) = (api()?, self.filter()?);
+        // SAFETY: `filter` is the stream's, alive during this hook.
+        unsafe { (api.clear_route_cache)(filter) };
+        Ok(())
     }
 }
 
