@@ -222,8 +222,11 @@ pub struct RequestView<'h> {
     host: &'h dyn Host,
     headers: std::cell::OnceCell<Vec<(String, String)>>,
     /// The names looked up one at a time and their values; `None` when the view reads the whole map.
-    by_name: Option<std::cell::RefCell<Vec<(String, Option<String>)>>>,
+    by_name: Option<NamedValues>,
 }
+
+/// Header names (lower case) read one at a time, and their values.
+type NamedValues = std::cell::RefCell<Vec<(String, Option<String>)>>;
 
 impl<'h> RequestView<'h> {
     pub fn new(host: &'h dyn Host) -> Self {
@@ -248,7 +251,7 @@ impl<'h> RequestView<'h> {
     }
 
     /// One header read from the host by name, kept for the next lookup of the same name.
-    fn read_by_name(&self, names: &std::cell::RefCell<Vec<(String, Option<String>)>>, name: &str) -> Option<String> {
+    fn read_by_name(&self, names: &NamedValues, name: &str) -> Option<String> {
         if let Some((_, value)) = names.borrow().iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
             return value.clone();
         }
