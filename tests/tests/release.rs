@@ -1,7 +1,8 @@
-//! The release artefacts (envoy-test/release): dist/ holds the four .wasm files, SHA256SUMS and one OCI image per
-//! filter in image-layout form; the output is reproducible; Envoy loads every filter through
-//! `vm_config.code.remote` with the sha256 from SHA256SUMS and refuses a wrong one; every image survives a push
-//! to a real registry (Debian's docker-registry, with skopeo) with its single plugin.wasm layer intact.
+//! The release artefacts (envoy-test/release): dist/ holds the four .wasm files, the four dynamic modules,
+//! SHA256SUMS and one OCI image per .wasm filter in image-layout form; the output is reproducible; Envoy loads every
+//! filter through `vm_config.code.remote` with the sha256 from SHA256SUMS and refuses a wrong one, and loads every
+//! dynamic module from dist/; every image survives a push to a real registry (Debian's docker-registry, with
+//! skopeo) with its single plugin.wasm layer intact.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -87,10 +88,21 @@ fn dist_holds_the_modules_their_sums_and_one_compat_image_per_filter() {
     let dist = dist();
     let sums = sums();
     assert_eq!(sums.keys().cloned().collect::<Vec<_>>(), {
-        let mut names: Vec<String> = FILTERS.iter().map(|f| format!("{f}.wasm")).collect();
+        let mut names: Vec<String> = FILTERS.iter().flat_map(|f| [format!("{f}.wasm"), format!("lib{f}.so")]).collect();
         names.sort();
         names
     });
+    for filter in FILTERS {
+        let module = dist.join(format!("lib{filter}.so"));
+        let bytes = std::fs::read(&module).unwrap();
+        assert_eq!(&bytes[..4], b"\x7fELF", "lib{filter}.so is not a shared library");
+        assert_eq!(
+            bytes,
+            std::fs::read(paths::dynamic_module_file(filter)).unwrap(),
+            "lib{filter}.so is not the build"
+        );
+        assert_eq!(sums[&format!("lib{filter}.so")], sha256(&module));
+    }
     for filter in FILTERS {
         let wasm = dist.join(format!("{filter}.wasm"));
         let bytes = std::fs::read(&wasm).unwrap();
@@ -276,6 +288,46 @@ async fn envoy_loads_every_filter_as_remote_code_with_its_sha256() {
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["filter"], "nats", "{error}");
     assert!(echo.received().iter().all(|r| r.path != "/events/x"), "the publish reached the upstream");
+}
+
+/// The dynamic modules as a user installs them: Envoy's search path pointed at dist/, the same configurations.
+#[tokio::test(flavor = "multi_thread")]
+async fn envoy_loads_every_dynamic_module_from_dist() {
+    let echo = EchoUpstream::start();
+    let modules = FILTERS
+        .iter()
+        .map(|filter| {
+            json!({"name": filter, "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                "dynamic_module_config": {"name": filter},
+                "filter_name": filter,
+                "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                  "value": configuration(filter).to_string()}}})
+        })
+        .collect();
+    let envoy = EnvoyConfig::new("remote-code.yaml")
+        .upstream(8081, echo.port())
+        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dist().to_str().unwrap())
+        .http_filters("front", modules)
+        .start();
+    // The libraries Envoy mapped come from dist/ (its only search path).
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", envoy.pid())).unwrap();
+    for filter in FILTERS {
+        let loaded = dist().join(format!("lib{filter}.so"));
+        assert!(maps.contains(loaded.to_str().unwrap()), "{} is not mapped:\n{maps}", loaded.display());
+    }
+    let url = envoy.url("front");
+    let client = reqwest::Client::new();
+    let response = client.get(format!("{url}/signed/object")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["headers"]["x-transformed"], "yes", "{echoed}");
+    let authorization = echoed["headers"]["authorization"].as_str().unwrap_or_default();
+    assert!(authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"), "{echoed}");
+    assert_eq!(client.get(format!("{url}/limited")).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(format!("{url}/limited")).send().await.unwrap().status(), 429);
+    let error: Value = client.post(format!("{url}/events/x")).body("event").send().await.unwrap().json().await.unwrap();
+    assert_eq!(error["filter"], "nats", "{error}");
 }
 
 /// Envoy fetches the code, finds another sha256 and never runs it: the plugin fails to load and, failing closed,
