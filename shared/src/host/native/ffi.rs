@@ -26,11 +26,20 @@ impl EnvoyBuffer {
     /// # Safety
     /// The buffer must come from Envoy in the current event hook.
     pub unsafe fn to_vec(self) -> Vec<u8> {
+        // SAFETY: the caller's contract.
+        unsafe { self.as_slice() }.to_vec()
+    }
+
+    /// The bytes, borrowed (empty for a null buffer).
+    ///
+    /// # Safety
+    /// The buffer must come from Envoy in the current event hook, and the slice must not outlive it.
+    pub unsafe fn as_slice<'a>(self) -> &'a [u8] {
         if self.ptr.is_null() || self.length == 0 {
-            return Vec::new();
+            return &[];
         }
         // SAFETY: Envoy gave `length` readable bytes at `ptr`, alive for this hook (the caller's contract).
-        unsafe { std::slice::from_raw_parts(self.ptr, self.length) }.to_vec()
+        unsafe { std::slice::from_raw_parts(self.ptr, self.length) }
     }
 }
 

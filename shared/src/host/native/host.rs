@@ -95,7 +95,7 @@ pub(super) unsafe fn call_response(
         // SAFETY: as above.
         for chunk in unsafe { std::slice::from_raw_parts(chunks, chunks_size) } {
             // SAFETY: as above.
-            body.extend_from_slice(&unsafe { chunk.to_vec() });
+            body.extend_from_slice(unsafe { chunk.as_slice() });
         }
     }
     let status = headers.iter().find(|(n, _)| n == ":status").and_then(|(_, v)| v.parse().ok());
@@ -140,7 +140,7 @@ impl NativeHost<'_> {
         if unsafe { (api.get_body_chunks)(filter, kind, chunks.as_mut_ptr()) } {
             for chunk in chunks {
                 // SAFETY: Envoy's chunk, alive for this hook.
-                out.extend_from_slice(&unsafe { chunk.to_vec() });
+                out.extend_from_slice(unsafe { chunk.as_slice() });
             }
         }
     }
@@ -224,7 +224,7 @@ impl crate::host::Host for NativeHost<'_> {
             if let (Some(value), _) = self.header_value(side, name, index)? {
                 joined.push(b',');
                 // SAFETY: as above.
-                joined.extend_from_slice(&unsafe { value.to_vec() });
+                joined.extend_from_slice(unsafe { value.as_slice() });
             }
         }
         Ok(Some(lossy(joined)))
@@ -265,10 +265,10 @@ impl crate::host::Host for NativeHost<'_> {
         ok(unsafe { (api.set_header)(filter, header_map(side), ModuleBuffer::of(name.as_bytes()), ModuleBuffer::NULL) })
     }
 
-    fn body(&self, side: Side, _size: usize) -> HostResult<Vec<u8>> {
+    fn body(&self, side: Side, size: usize) -> HostResult<Vec<u8>> {
         let (api, filter) = (api()?, self.filter()?);
         let (buffered, received) = body_types(side);
-        let mut body = Vec::new();
+        let mut body = Vec::with_capacity(size);
         if !Self::received_is_buffered(api, filter, side) {
             self.read_body(api, filter, buffered, &mut body);
         }
