@@ -32,8 +32,8 @@ impl Changes {
 
 /// Client headers dropped before signing.
 pub fn is_client_aws_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    name == "authorization" || name.starts_with("x-amz-") || name.starts_with("x-amzn-")
+    let starts_with = |prefix: &str| name.get(..prefix.len()).is_some_and(|start| start.eq_ignore_ascii_case(prefix));
+    name.eq_ignore_ascii_case("authorization") || starts_with("x-amz-") || starts_with("x-amzn-")
 }
 
 /// The `host` to sign: `:authority` without a default port.
@@ -107,8 +107,8 @@ pub fn sign_with_own<V: AsRef<[u8]>>(
     let is_s3 = sigv4::is_s3(&config.service);
     let rules = PathRules::for_service(&config.service);
     let path = if is_s3 { sigv4::canonical_uri(path, rules) } else { path.to_string() };
-    let query = sigv4::query_pairs(query).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
-    let sent_path = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
+    let query = sigv4::join_query(&sigv4::query_pairs(query));
+    let sent_path = if query.is_empty() { path.clone() } else { [path.as_str(), "?", &query].concat() };
     if sent_path != full_path {
         changes.set.push((":path".to_string(), sent_path));
     }
