@@ -37,9 +37,10 @@ const NOTES: &str = "\
   code in the VM. The host calls are measured one by one below (\"What a host call costs\"): a header read about \
   1 µs, all headers at once 1.5–3 µs, a header write 0.5–2.5 µs, a shared-data read 1 µs and read + CAS write \
   1.5 µs, the first call of a kind in a request the dearest; a value read from Envoy costs a call back into the VM \
-  to allocate it. The filters make the fewest calls their work needs: the rate-limit allow path reads the key \
-  header and the clock, one shared-data value, writes it back with compare-and-swap and counts; the \
-  transformation, aws and nats filters read all request headers once (matching included) and write only the \
+  to allocate it. The filters make the fewest calls their work needs: the rate-limit allow path reads the \
+  request headers (a dynamic module: the key header alone; Wasm reads the whole map, because Envoy's Wasm host \
+  answers a lookup by name with the first value of a repeated header only) and the clock, one shared-data value, \
+  writes it back with compare-and-swap and counts; the transformation, aws and nats filters read all request headers once (matching included) and write only the \
   headers that change. On the header-only rows the host side of the Wasm build is most of its added cost: the \
   ABI, not the logic, sets that bound; the dynamic module's calls are plain function calls on the same worker.
 - **Our code** costs 2–3 times more inside Envoy than the same code in a hot loop under Node's V8 (same .wasm \
