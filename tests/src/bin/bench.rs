@@ -940,10 +940,9 @@ async fn main() {
              module's own library (lib<filter>.so). **Envoy and libraries** is the host \
              side: Envoy answering the filter's calls (header maps, shared data, metrics, local replies, side \
              streams), V8's runtime around each call into and out of the VM, and libc (malloc, memcpy). \
-             µs per request added over the no-filter baseline. Across three full runs on this machine the Wasm column \
-             repeated within about 1 µs on the header rows and 8 µs on the body rows; the Envoy and kernel columns \
-             moved by up to 12 µs, and the sampled total can differ from the summary's figure from /proc: read the \
-             columns as where the time goes, not as exact sums.\n"
+             µs per request added over the no-filter baseline. perf estimates from samples (one core, {PROFILE_HZ} a \
+             second), so the sampled total can differ from the summary's figure from /proc: read the columns as \
+             where the time goes, not as exact sums.\n"
         );
         let _ = writeln!(doc, "| scenario | variant | filter code | Envoy and libraries | kernel | total |");
         let _ = writeln!(doc, "|---|---|---|---|---|---|");
