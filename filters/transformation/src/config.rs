@@ -405,12 +405,12 @@ fn build_rule(raw: RawRule, stage: u32, env: &Rc<HashMap<String, String>>) -> Re
     let request = build_optional(routes.request_transformation, env, &format!("{at}.request_transformation"))?;
     let response = build_optional(routes.response_transformation, env, &format!("{at}.response_transformation"))?;
     if request.is_some() || response.is_some() {
-        let clear_route_cache = routes.clear_route_cache;
+        let matcher = RouteMatch::default();
         rule.request_matches.push(RequestMatch {
-            matcher: RouteMatch::default(),
+            matcher,
             request,
             response,
-            clear_route_cache,
+            clear_route_cache: routes.clear_route_cache,
         });
     }
     Ok(rule)
