@@ -49,6 +49,8 @@ pub mod details {
 const VIA_UPSTREAM: &str = "via_upstream";
 /// The request header with which a filter sets the route's upstream timeout for one request.
 const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
+/// The Invoke call's header naming how the function is invoked.
+const INVOCATION_TYPE_HEADER: &str = "x-amz-invocation-type";
 /// The largest answer a synchronous Lambda invocation can have (AWS's limit is 6 MB), buffered to unwrap it.
 const MAX_LAMBDA_RESPONSE: usize = 6 << 20;
 
@@ -526,9 +528,16 @@ impl AwsStream {
                 };
                 let hash = signing::payload_hash(config, payload);
                 // The client's headers are for the client's API, not for Invoke; Envoy's own and tracing stay.
+                // Those set just below are not removed first: a value that is already right costs no host call.
                 let mut dropped: Vec<String> = Vec::new();
                 for (name, _) in &request.headers {
+                    let set_below = match name.as_str() {
+                        "content-type" | INVOCATION_TYPE_HEADER => true,
+                        "content-length" => payload.is_some(),
+                        _ => false,
+                    };
                     let keep = name.starts_with(':')
+                        || set_below
                         || (body.is_none() && matches!(name.as_str(), "content-length" | "transfer-encoding"))
                         || config.lambda_keeps_header(name);
                     if !keep && !dropped.contains(name) {
@@ -543,7 +552,7 @@ impl AwsStream {
                 request.set(":path", path.as_bytes())?;
                 request.set(":authority", self.filter.lambda_host.as_bytes())?;
                 request.set("content-type", b"application/json")?;
-                request.set("x-amz-invocation-type", lambda::invocation_type(lambda.invocation).as_bytes())?;
+                request.set(INVOCATION_TYPE_HEADER, lambda::invocation_type(lambda.invocation).as_bytes())?;
                 if let Some(payload) = payload {
                     request.set("content-length", payload.len().to_string().as_bytes())?;
                 }
@@ -571,7 +580,7 @@ impl AwsStream {
                 request.set(TIMEOUT_HEADER, ms.to_string().as_bytes())?;
             }
         }
-        let own: &[&str] = if self.lambda.is_some() { &["x-amz-invocation-type"] } else { &[] };
+        let own: &[&str] = if self.lambda.is_some() { &[INVOCATION_TYPE_HEADER] } else { &[] };
         let now = request.host.unix_secs();
         let changes = match signing::sign_with_own(&request.headers, own, config, credentials, now, &payload_hash) {
             Ok(changes) => changes,

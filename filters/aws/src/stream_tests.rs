@@ -197,6 +197,32 @@ fn a_sync_lambda_invocation_is_the_request_rewritten() {
 }
 
 #[test]
+fn an_invocation_leaves_headers_that_are_already_right() {
+    // What a JSON client sends: its content-type and content-length are the Invoke call's already.
+    let host = FakeHost::with_request(&[
+        (":method", "POST"),
+        (":path", "/orders"),
+        (":authority", "api.example.com"),
+        ("content-type", "application/json"),
+        ("content-length", "13"),
+        ("accept", "*/*"),
+    ])
+    .body(br#"{"order": 42}"#);
+    let mut s = stream(&host, &lambda(r#"{"function": "orders"}"#));
+    assert_eq!(s.on_request_headers(&host, false), Flow::Buffer);
+    host.calls.borrow_mut().clear();
+    assert_eq!(s.on_request_body(&host, 13, true), Flow::Continue);
+    let count = |method| host.calls.borrow().iter().filter(|c| **c == method).count();
+    // accept removed; :path, :authority, x-amz-invocation-type, x-amz-date and authorization set.
+    assert_eq!((count("remove_header"), count("set_header")), (1, 5), "{:?}", host.calls.borrow());
+    assert_eq!(header(&host, "content-type").as_deref(), Some("application/json"));
+    assert_eq!(header(&host, "content-length").as_deref(), Some("13"));
+    assert_eq!(header(&host, "accept"), None);
+    let auth = header(&host, "authorization").unwrap();
+    assert!(auth.contains("SignedHeaders=content-type;host;x-amz-date;x-amz-invocation-type,"), "{auth}");
+}
+
+#[test]
 fn an_async_invocation_of_a_bodiless_request() {
     let host = FakeHost::with_request(&[(":method", "GET"), (":path", "/x"), (":authority", "gw")]);
     let mut s = stream(&host, &lambda(r#"{"function": "orders", "invocation": "async"}"#));
