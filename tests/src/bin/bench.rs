@@ -8,11 +8,16 @@
 //! from /proc. Each round's figure of a variant is paired with the baseline's of the same round; the report gives
 //! the median of those differences with a distribution-free confidence interval ([`stats`]), and judges the
 //! targets of issue #17 by the interval, not the median alone.
+//!
+//! `--before DIR` adds, in the same rounds, an earlier build of ours (`DIR/<filter>.wasm`, `DIR/lib<filter>.so`,
+//! e.g. copied from target/ before a change) and reports what the change did as a paired difference: run to run,
+//! this machine's medians move by about 1 µs, more than many changes are worth.
 
 #[path = "bench/stats.rs"]
 mod stats;
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use integration_tests::bench::{rss_kib, run_round, CoreProfile, CpuSplit, RequestSpec, Round, Spread, PROFILE_HZ};
@@ -455,8 +460,38 @@ const FLOOR_HOLDING: &str = "no-op wasm holding the body";
 const NATIVE: &str = "native";
 const OURS: &str = "ours (wasm)";
 const DM: &str = "ours (dynamic module)";
+/// `--before DIR`: the earlier builds of ours, beside the current ones.
+const OURS_BEFORE: &str = "ours (wasm), before";
+const DM_BEFORE: &str = "ours (dynamic module), before";
 
-async fn measure(scenario: &Scenario, concurrency: u32, ports: &Ports, settings: &Settings) -> Measured {
+/// The variants of `--before DIR`: the same filters from the files in `dir` (a dynamic module is copied into the
+/// modules' directory as `lib<filter>_before.so`, which Envoy loads as module `<filter>_before`).
+fn before_variants(scenario: &Scenario, dir: &Path) -> Vec<Variant> {
+    let mut wasm = Vec::new();
+    let mut modules = Vec::new();
+    for filter in &scenario.ours {
+        let name = filter["name"].as_str().unwrap_or_default();
+        let mut earlier = filter.clone();
+        earlier["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =
+            json!(dir.join(format!("{name}.wasm")).display().to_string());
+        wasm.push(earlier);
+        let copy = dynamic_module_dir().join(format!("lib{name}_before.so"));
+        std::fs::copy(dir.join(format!("lib{name}.so")), &copy)
+            .unwrap_or_else(|e| panic!("--before: lib{name}.so from {} to {}: {e}", dir.display(), copy.display()));
+        let mut module = dynamic_module_filter(filter);
+        module["typed_config"]["dynamic_module_config"]["name"] = json!(format!("{name}_before"));
+        modules.push(module);
+    }
+    vec![Variant { name: OURS_BEFORE, filters: wasm }, Variant { name: DM_BEFORE, filters: modules }]
+}
+
+async fn measure(
+    scenario: &Scenario,
+    concurrency: u32,
+    ports: &Ports,
+    settings: &Settings,
+    before: Option<&Path>,
+) -> Measured {
     let mut variants = vec![
         Variant { name: BASELINE, filters: vec![] },
         Variant { name: FLOOR, filters: vec![wasm_filter("noop", &json!({}))] },
@@ -467,6 +502,9 @@ async fn measure(scenario: &Scenario, concurrency: u32, ports: &Ports, settings:
     }
     variants.push(Variant { name: OURS, filters: scenario.ours.clone() });
     variants.push(Variant { name: DM, filters: scenario.ours.iter().map(dynamic_module_filter).collect() });
+    if let Some(dir) = before {
+        variants.extend(before_variants(scenario, dir));
+    }
     let profile = concurrency == 1;
     let (rounds, profile) =
         run_interleaved(scenario.name, &scenario.request, &variants, concurrency, ports, settings, profile).await;
@@ -753,6 +791,13 @@ fn report_scenario(out: &mut String, m: &Measured) -> (String, Vec<String>) {
         ratio(OURS),
         ratio(DM)
     );
+    for (now, before) in [(OURS, OURS_BEFORE), (DM, DM_BEFORE)] {
+        if let Some(change) = m.combined(&[(now, 1.0), (before, -1.0)]) {
+            let line = format!("{now} minus its earlier build, paired per round: {} µs", change.show(1));
+            eprintln!("[bench] {} (concurrency {}): {line}", m.scenario, m.concurrency);
+            let _ = writeln!(out, "\n{line}");
+        }
+    }
     let targets = m.checks.iter().filter_map(|check| check_row(m, check)).collect();
     (summary, targets)
 }
@@ -825,6 +870,7 @@ async fn main() {
     // `--only TEXT`: just the scenarios whose name contains TEXT (for working on one filter).
     let args: Vec<String> = std::env::args().collect();
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let before = args.iter().position(|a| a == "--before").and_then(|i| args.get(i + 1)).map(PathBuf::from);
     // More short rounds rather than fewer long ones: the interval of a median narrows with the rounds.
     let settings = if quick {
         Settings { rounds: 3, requests: 1000, warmup: 200, connections: 8 }
@@ -852,7 +898,7 @@ async fn main() {
                 continue;
             }
             eprintln!("[bench] {} (concurrency {concurrency})", scenario.name);
-            let measured = measure(&scenario, concurrency, &ports, &settings).await;
+            let measured = measure(&scenario, concurrency, &ports, &settings, before.as_deref()).await;
             let (row, checks) = report_scenario(&mut details, &measured);
             summary.push(row);
             targets.extend(checks);
