@@ -309,20 +309,31 @@ impl EnvoyConfig {
             }
         });
         if self.build == Build::DynamicModule {
-            walk(&mut config, &mut |object| {
-                if let Some(module) = dynamic_module_filter(object) {
-                    *object = module;
-                }
-            });
+            for filter in to_dynamic_modules(&mut config) {
+                paths::dynamic_module_file(&filter);
+            }
         }
         config
     }
 }
 
+/// Turns every Wasm filter of ours in `config` into the dynamic module of the same filter (as
+/// `envoy-test/dynamic-modules.py` does for users); returns the modules' names.
+pub fn to_dynamic_modules(config: &mut Value) -> Vec<String> {
+    let mut modules = Vec::new();
+    walk(config, &mut |object| {
+        if let Some((filter, module)) = dynamic_module_filter(object) {
+            modules.push(filter);
+            *object = module;
+        }
+    });
+    modules
+}
+
 /// The dynamic-module filter that stands for a Wasm filter's `typed_config` (`None` for anything else): the module
 /// named after the `.wasm` file, the plugin's name as `filter_name`, its configuration as `filter_config`, and the
 /// Wasm filter's metric prefix (so that metric names and `stats_tags` stay the same).
-fn dynamic_module_filter(object: &serde_json::Map<String, Value>) -> Option<serde_json::Map<String, Value>> {
+fn dynamic_module_filter(object: &serde_json::Map<String, Value>) -> Option<(String, serde_json::Map<String, Value>)> {
     if object.get("@type").and_then(Value::as_str)
         != Some("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")
     {
@@ -331,7 +342,6 @@ fn dynamic_module_filter(object: &serde_json::Map<String, Value>) -> Option<serd
     let plugin = object.get("config")?;
     let filename = plugin.pointer("/vm_config/code/local/filename").and_then(Value::as_str)?;
     let filter = Path::new(filename).file_stem()?.to_str()?;
-    paths::dynamic_module_file(filter);
     let configuration = plugin.pointer("/configuration/value").and_then(Value::as_str).unwrap_or("");
     let module = serde_json::json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
@@ -339,7 +349,7 @@ fn dynamic_module_filter(object: &serde_json::Map<String, Value>) -> Option<serd
         "filter_name": plugin.get("name").cloned().unwrap_or(Value::String(filter.to_string())),
         "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration},
     });
-    module.as_object().cloned()
+    Some((filter.to_string(), module.as_object()?.clone()))
 }
 
 fn walk(value: &mut Value, visit: &mut dyn FnMut(&mut serde_json::Map<String, Value>)) {

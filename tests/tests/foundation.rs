@@ -3,9 +3,11 @@
 //! crashed VM is replaced, local replies name their filter and reason in access logs, upgrades pass through, and a
 //! body filter configured without `allow_on_headers_stop_iteration` says so.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration_tests::{Build, EchoUpstream, EnvoyConfig};
+use integration_tests::envoy::{load_yaml, to_dynamic_modules};
+use integration_tests::{paths, Build, EchoUpstream, EnvoyConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -71,6 +73,38 @@ async fn demo_gateway_loads_all_four_filters_and_serves() {
         // The ABI version the modules declare is the one of this Envoy (it only warns on another).
         assert!(envoy.log().contains("Dynamic module ABI version v0.2.0 matched."), "{}", envoy.log());
     }
+}
+
+/// `envoy-test/dynamic-modules.py` (what users and `envoy-test/demo --dynamic-modules` convert a Wasm config with)
+/// makes of the demo what this harness makes of it for the dynamic-module runs, and Envoy accepts the result with
+/// the modules found in their directory.
+#[test]
+fn the_conversion_script_turns_the_demo_into_dynamic_modules_as_the_tests_do() {
+    let root = paths::project_root();
+    let out = tempfile::tempdir().unwrap();
+    let converted = out.path().join("demo-modules.yaml");
+    let status = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("envoy-test/dynamic-modules.py"))
+        .arg(root.join("envoy-test/demo.yaml"))
+        .arg(&converted)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut expected = load_yaml(&root.join("envoy-test/demo.yaml"));
+    let mut modules = to_dynamic_modules(&mut expected);
+    modules.sort();
+    assert_eq!(modules, ["aws", "nats", "ratelimit", "transformation"]);
+    assert_eq!(load_yaml(&converted), expected);
+
+    let output = Command::new(paths::envoy_bin())
+        .current_dir(&root)
+        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", paths::dynamic_module_dir())
+        .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
+        .arg(&converted)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && text.contains(" OK"), "the converted demo does not validate:\n{text}");
 }
 
 #[test]
