@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use integration_tests::bench::{rss_kib, run_round, CoreProfile, CpuSplit, RequestSpec, Round, Spread, PROFILE_HZ};
+use integration_tests::envoy::to_dynamic_modules;
 use integration_tests::nats_server::NatsServer;
 use integration_tests::paths::{dynamic_module_dir, project_root, wasm_dir};
 use integration_tests::rls::{Mode, RateLimitServer};
@@ -144,14 +145,9 @@ fn wasm_filter(name: &str, config: &Value) -> Value {
 /// name and configuration JSON, as the test harness turns every Wasm filter into under
 /// `FILTER_BUILD=dynamic-module`.
 fn dynamic_module_filter(wasm: &Value) -> Value {
-    let name = wasm["name"].clone();
-    json!({"name": name, "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-        "dynamic_module_config": {"name": name, "do_not_close": true, "metrics_namespace": "wasmcustom"},
-        "filter_name": name,
-        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                          "value": wasm["typed_config"]["config"]["configuration"]["value"]}
-    }})
+    let mut module = wasm.clone();
+    to_dynamic_modules(&mut module);
+    module
 }
 
 fn get(path: &str, headers: &[(&str, &str)]) -> RequestSpec {
