@@ -557,6 +557,37 @@ async fn the_filters_own_reply_is_never_transformed() {
     assert_eq!(echo.received()[0].body, b"Ann");
 }
 
+/// A body template on a request or response whose headers ended the stream: a dynamic module gives it the body
+/// (Envoy adds it as the message's data, as Gloo's filter does); the Wasm ABI cannot, and the message stays
+/// bodiless.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bodiless_message_gets_its_templated_body_in_the_dynamic_module_only() {
+    let echo = EchoUpstream::start();
+    let envoy = start(&echo);
+    // The upstream answers with an empty body: Envoy ends the stream with the response headers.
+    let response =
+        client().get(format!("{}/made-body/x", envoy.url("front"))).header("x-echo-body", "").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let length = response.headers().get("content-length").map(|v| v.to_str().unwrap().to_string());
+    let text = response.text().await.unwrap();
+    let received = echo.received();
+    let upstream = received.last().unwrap();
+    let upstream_body = String::from_utf8_lossy(&upstream.body).to_string();
+    match envoy.build() {
+        Build::DynamicModule => {
+            assert_eq!(upstream.method, "GET");
+            assert_eq!(upstream_body, "made for /made-body/x");
+            assert_eq!(upstream.header("content-length"), Some("21"));
+            assert_eq!(text, "made at 200");
+            assert_eq!(length.as_deref(), Some("11"));
+        }
+        Build::Wasm => {
+            assert_eq!((upstream_body.as_str(), upstream.header("content-length")), ("", None));
+            assert_eq!((text.as_str(), length.as_deref()), ("", Some("0")));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_emptied_body_has_no_content_type_and_a_zero_length() {
     let echo = EchoUpstream::start();

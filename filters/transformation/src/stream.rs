@@ -137,7 +137,7 @@ pub struct TransformationStream {
 impl TransformationStream {
     /// Runs a transformation over the whole message and applies it: the body (`body_size` bytes buffered, or
     /// none when the message has no body to read), then the header changes, then `content-length` (and
-    /// `content-encoding`) for a new body.
+    /// `content-encoding`) for a new body. `bodiless`: the headers ended the stream (not a tunnel).
     fn transform(
         &self,
         host: &dyn Host,
@@ -145,6 +145,7 @@ impl TransformationStream {
         transformation: &Transformation,
         headers: Vec<(String, String)>,
         body_size: Option<usize>,
+        bodiless: bool,
     ) -> Result<(), Failure> {
         let filter = &self.filter;
         let encoding = Encoding::from_header(headers.header("content-encoding").as_deref());
@@ -176,22 +177,24 @@ impl TransformationStream {
             (present("content-type", had_content_type), present("transfer-encoding", had_transfer_encoding));
         // As Gloo: a body the transformation made empty is sent without `content-type`, with `content-length: 0`.
         let emptied = outcome.body.as_ref().is_some_and(Vec::is_empty);
-        // A message whose headers ended the stream cannot get a body (the Wasm ABI has no way to add one).
-        let new_body = match (outcome.body, body_size) {
-            (Some(new_body), _) if new_body.is_empty() => {
+        // A message whose headers ended the stream gets a body where the host can add one (a dynamic module, as
+        // Gloo); the Wasm ABI has no way to, so there it stays bodiless.
+        let can_set_body = body_size.is_some() || (bodiless && host.can_add_body_to_bodiless());
+        let new_body = match outcome.body {
+            Some(new_body) if new_body.is_empty() => {
                 if let Some(size) = body_size {
                     host.set_body(side, size, &[])
                         .map_err(|err| Failure::Host(format!("cannot replace the body: {err}")))?;
                 }
                 Some(0)
             }
-            (Some(new_body), Some(size)) => {
+            Some(new_body) if can_set_body => {
                 let encoded = if encoding.is_compressed() && filter.config.reencode {
                     body::encode(&new_body, encoding)
                 } else {
                     new_body
                 };
-                host.set_body(side, size, &encoded)
+                host.set_body(side, body_size.unwrap_or(0), &encoded)
                     .map_err(|err| Failure::Host(format!("cannot replace the body: {err}")))?;
                 Some(encoded.len())
             }
@@ -386,8 +389,9 @@ impl Stream for TransformationStream {
         let Some(t) = entry.and_then(|e| e.request.clone()) else { return Flow::Continue };
         self.is_grpc = is_grpc(request.header("content-type").as_deref());
         let headers = request.into_pairs();
-        if !t.needs_body() || end_of_stream || is_tunnel(headers.as_slice()) {
-            return match self.transform(host, Side::Request, &t, headers, None) {
+        let tunnel = is_tunnel(headers.as_slice());
+        if !t.needs_body() || end_of_stream || tunnel {
+            return match self.transform(host, Side::Request, &t, headers, None, end_of_stream && !tunnel) {
                 Ok(()) => Flow::Continue,
                 Err(failure) => self.request_failed(failure),
             };
@@ -413,7 +417,7 @@ impl Stream for TransformationStream {
                 let Phase::Held(held) = std::mem::replace(&mut self.request, Phase::Pass) else {
                     return Flow::Continue;
                 };
-                match self.transform(host, Side::Request, &held.transformation, held.headers, Some(body_size)) {
+                match self.transform(host, Side::Request, &held.transformation, held.headers, Some(body_size), false) {
                     Ok(()) => Flow::Continue,
                     Err(failure) => self.request_failed(failure),
                 }
@@ -435,8 +439,9 @@ impl Stream for TransformationStream {
             }
         };
         let Some(t) = self.response_transformation(host, &headers) else { return Flow::Continue };
-        if !t.needs_body() || end_of_stream || is_tunnel(headers.as_slice()) {
-            if let Err(failure) = self.transform(host, Side::Response, &t, headers, None) {
+        let tunnel = is_tunnel(headers.as_slice());
+        if !t.needs_body() || end_of_stream || tunnel {
+            if let Err(failure) = self.transform(host, Side::Response, &t, headers, None, end_of_stream && !tunnel) {
                 self.response_failed(host, failure, None, end_of_stream);
             }
             return Flow::Continue;
@@ -470,8 +475,14 @@ impl Stream for TransformationStream {
                     let Phase::Held(held) = std::mem::replace(&mut self.response_phase, Phase::Pass) else {
                         return Flow::Continue;
                     };
-                    let result =
-                        self.transform(host, Side::Response, &held.transformation, held.headers, Some(body_size));
+                    let result = self.transform(
+                        host,
+                        Side::Response,
+                        &held.transformation,
+                        held.headers,
+                        Some(body_size),
+                        false,
+                    );
                     if let Err(failure) = result {
                         self.response_failed(host, failure, Some(body_size), end_of_stream);
                     }

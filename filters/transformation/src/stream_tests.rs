@@ -162,6 +162,35 @@ fn a_request_whose_headers_end_the_stream_is_transformed_without_a_body() {
 }
 
 #[test]
+fn a_bodiless_message_gets_its_new_body_where_the_host_can_add_one() {
+    let config = r#"{"transformations": [{"match": {"prefix": "/envelope"}, "route_transformations": {
+        "request_transformation": {"header_body_transform": {}},
+        "response_transformation": {"transformation_template": {"parse_body_behavior": "DontParse",
+            "body": {"text": "made at {{ header(\":status\") }}"}}}}}]}"#;
+    // A dynamic module can add a body (as Gloo does); Wasm cannot, and the message stays bodiless.
+    for can_add in [true, false] {
+        let host = FakeHost::with_request(&[(":method", "GET"), (":path", "/envelope"), (":authority", "h")]);
+        host.can_add_body_to_bodiless.set(can_add);
+        let mut s = TransformationFilter::stream(filter(config));
+        assert_eq!(s.on_request_headers(&host, true), Flow::Continue);
+        let body = host.request_body.borrow().clone();
+        let length = host.header_of(Side::Request, "content-length");
+        if can_add {
+            let envelope: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(envelope["headers"][":path"], "/envelope");
+            assert_eq!(length, Some(body.len().to_string()));
+        } else {
+            assert!(body.is_empty());
+            assert_eq!(length, None);
+        }
+        host.set_response(&[(":status", "200")], b"");
+        assert_eq!(s.on_response_headers(&host, true), Flow::Continue);
+        let expected: &[u8] = if can_add { b"made at 200" } else { b"" };
+        assert_eq!(host.response_body.borrow().as_slice(), expected, "can add: {can_add}");
+    }
+}
+
+#[test]
 fn invalid_json_is_a_400_and_nothing_goes_on() {
     let mut s = stream();
     let host = post("/json-header", &[], b"{not json");

@@ -60,6 +60,8 @@ pub struct FakeHost {
     pub calls: RefCell<Vec<&'static str>>,
     /// Answer [`super::Host::cheap_single_header_reads`] as a dynamic module does (`true`) or as Wasm does.
     pub cheap_single_header_reads: Cell<bool>,
+    /// Answer [`super::Host::can_add_body_to_bodiless`] as a dynamic module does (`true`) or as Wasm does.
+    pub can_add_body_to_bodiless: Cell<bool>,
     next_token: Cell<u32>,
 }
 
@@ -159,6 +161,10 @@ impl super::Host for FakeHost {
 
     fn cheap_single_header_reads(&self) -> bool {
         self.cheap_single_header_reads.get()
+    }
+
+    fn can_add_body_to_bodiless(&self) -> bool {
+        self.can_add_body_to_bodiless.get()
     }
 
     fn header_joined_text(&self, side: Side, name: &str) -> HostResult<Option<String>> {

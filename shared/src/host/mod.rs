@@ -181,6 +181,13 @@ pub trait Host: SharedStore {
         false
     }
 
+    /// Whether a message whose headers ended the stream can be given a body ([`Host::set_body`] with size 0, in
+    /// its headers callback), as Gloo's filter does: a dynamic module can (Envoy adds it as the message's data);
+    /// the proxy-wasm ABI has no way to.
+    fn can_add_body_to_bodiless(&self) -> bool {
+        false
+    }
+
     /// Every value of a header, in order, joined with "," (how [`crate::RequestHeaders`] reads a repeated header),
     /// as text; `Ok(None)` when absent.
     fn header_joined_text(&self, side: Side, name: &str) -> HostResult<Option<String>> {

@@ -216,6 +216,10 @@ impl crate::host::Host for NativeHost<'_> {
         true
     }
 
+    fn can_add_body_to_bodiless(&self) -> bool {
+        true // `set_body` in a headers hook: Envoy's `addDecodedData`/`addEncodedData`
+    }
+
     fn header_joined_text(&self, side: Side, name: &str) -> HostResult<Option<String>> {
         let (Some(first), count) = self.header_value(side, name, 0)? else { return Ok(None) };
         // SAFETY: the values are copied before this hook returns.
@@ -283,7 +287,8 @@ impl crate::host::Host for NativeHost<'_> {
         unsafe {
             (api.drain_body)(filter, buffered, usize::MAX);
             (api.drain_body)(filter, received, usize::MAX);
-            // In a body hook the new body goes with the data being delivered; at the trailers into the buffer.
+            // In a body hook the new body goes with the data being delivered; at the trailers into the buffer; in
+            // a headers hook that ended the stream, as the message's only data.
             if (api.append_body)(filter, received, ModuleBuffer::of(body)) {
                 return Ok(());
             }
