@@ -332,11 +332,12 @@ impl Stream for AwsStream {
             );
         }
         let api_gateway = self.lambda.as_ref().is_some_and(|l| l.format == Format::ApiGateway);
-        if api_gateway && end_of_stream {
+        // The event becomes the request's body: a dynamic module can give one to a request that has none.
+        if api_gateway && end_of_stream && !host.can_add_body_to_bodiless() {
             return self.error(
                 400,
                 "this route invokes a Lambda function with format api_gateway, whose event is the request body: \
-                 send the request with a body (a filter cannot give a body to a request that has none)",
+                 send the request with a body (a Wasm filter cannot give a body to a request that has none)",
                 details::BAD_REQUEST,
             );
         }

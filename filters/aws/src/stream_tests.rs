@@ -286,12 +286,31 @@ fn api_gateway_events_in_and_proxy_responses_unwrapped_out() {
 }
 
 #[test]
-fn a_bodiless_api_gateway_request_is_refused_with_the_reason() {
-    let host = FakeHost::with_request(&[(":method", "GET"), (":path", "/x"), (":authority", "gw")]);
-    let mut s = stream(&host, &lambda(r#"{"function": "orders", "format": "api_gateway"}"#));
-    let reply = reply_of(s.on_request_headers(&host, true));
-    assert_eq!((reply.status, reply.details.as_str()), (400, "aws_bad_request"));
-    assert!(String::from_utf8_lossy(&reply.body).contains("api_gateway"));
+fn a_bodiless_api_gateway_request_gets_its_event_where_the_host_can_add_a_body_else_a_400() {
+    for can_add in [true, false] {
+        let host = FakeHost::with_request(&[(":method", "GET"), (":path", "/x?id=1"), (":authority", "gw")]);
+        host.can_add_body_to_bodiless.set(can_add);
+        let mut s = stream(&host, &lambda(r#"{"function": "orders", "format": "api_gateway"}"#));
+        let flow = s.on_request_headers(&host, true);
+        if !can_add {
+            let reply = reply_of(flow);
+            assert_eq!((reply.status, reply.details.as_str()), (400, "aws_bad_request"));
+            assert!(String::from_utf8_lossy(&reply.body).contains("api_gateway"));
+            continue;
+        }
+        // A dynamic module: the event is the new body of the Invoke call, signed as any other.
+        assert_eq!(flow, Flow::Continue);
+        let event: serde_json::Value = serde_json::from_slice(&host.request_body.borrow()).unwrap();
+        assert_eq!((event["httpMethod"].as_str(), event["path"].as_str()), (Some("GET"), Some("/x")));
+        assert_eq!(event["queryStringParameters"]["id"], "1");
+        assert_eq!(event["body"], serde_json::Value::Null);
+        let length = host.request_body.borrow().len().to_string();
+        assert_eq!(header(&host, "content-length"), Some(length));
+        assert_eq!(header(&host, ":method").as_deref(), Some("POST"));
+        // Signed (moto checks the signature over the event in the integration test).
+        let auth = header(&host, "authorization").unwrap();
+        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDINLINE/"), "{auth}");
+    }
 }
 
 #[test]
