@@ -275,9 +275,10 @@ impl EnvoyConfig {
                     socket.insert("port_value".into(), (*port).into());
                 }
             }
-            // .wasm files: to the build output.
+            // .wasm files named relative to the project: to the build output (an absolute path stays as it is).
             let wasm_file = if self.build == Build::Wasm { object.get_mut("filename") } else { None };
-            if let Some(Value::String(filename)) = wasm_file {
+            if let Some(Value::String(filename)) = wasm_file.filter(|f| f.as_str().is_some_and(|f| !f.starts_with('/')))
+            {
                 if let Some(name) = filename.strip_suffix(".wasm").and_then(|f| f.rsplit('/').next()) {
                     *filename = paths::wasm_file(name).display().to_string();
                 }
