@@ -957,16 +957,16 @@ async fn main() {
     let _ = writeln!(doc, "## Summary: added Envoy CPU per request (µs)\n");
     let _ = writeln!(
         doc,
-        "| scenario | workers | a second no-filter Envoy | no-op Wasm floor | no-op dynamic module floor | native | \
-         ours, Wasm | ours, dynamic module | Wasm / native | dynamic module / native |\n\
-         |---|---|---|---|---|---|---|---|---|---|"
+        "\"A second no-filter Envoy\" is the same as the baseline, started again: what it adds is what two identical \
+         Envoys differ by. Its interval excludes 0 in some rows: each Envoy has a noise of its own (memory layout, \
+         ports), which the rounds cannot show. A figure, or a target's left side, within that distance of another is \
+         not told apart from it.\n"
     );
     let _ = writeln!(
         doc,
-        "\n\"A second no-filter Envoy\" is the same as the baseline, started again: what it adds is what two identical \
-         Envoys differ by. Its interval excludes 0 in some rows: each Envoy has a noise of its own (memory layout, \
-         ports), which the rounds cannot show. A figure, or a target's left side, within that distance of another is \
-         not told apart from it."
+        "| scenario | workers | a second no-filter Envoy | no-op Wasm floor | no-op dynamic module floor | native | \
+         ours, Wasm | ours, dynamic module | Wasm / native | dynamic module / native |\n\
+         |---|---|---|---|---|---|---|---|---|---|"
     );
     for line in &summary {
         let _ = writeln!(doc, "{line}");
