@@ -3,9 +3,10 @@
 //! A body template usually reads a few fields of a large body. Which parts it can read is known when the
 //! configuration is applied: a path (`customer.name`, `items.0.sku`) reads that value whole, `length(path)` reads
 //! only how many members or elements it has, and a function that looks the data up by a name computed at render
-//! time (`context()`, `exists(...)`) reads everything. The parser still reads every byte as serde_json's own does
-//! (the same errors: syntax, UTF-8, escapes, number range, nesting depth) but builds values only where a template
-//! can reach them: no maps or strings for the rest.
+//! time (`context()`, `exists(...)`) reads everything. The body is accepted or refused exactly as serde_json's
+//! whole parse would (the same errors: syntax, UTF-8, escapes, number range, nesting depth), but values are built
+//! only where a template can reach them: no maps or strings for the rest, which is skipped with syntax checks only
+//! when a scan of the body shows the other checks cannot fail (see `Skip`).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
