@@ -441,7 +441,12 @@ impl Stream for TransformationStream {
         let Some(t) = self.response_transformation(host, &headers) else { return Flow::Continue };
         let tunnel = is_tunnel(headers.as_slice());
         if !t.needs_body() || end_of_stream || tunnel {
-            if let Err(failure) = self.transform(host, Side::Response, &t, headers, None, end_of_stream && !tunnel) {
+            // No body may go with an answer to HEAD, a 1xx, 204 or 304.
+            let head = self.request_headers.as_ref().and_then(|r| r.header(":method")).is_some_and(|m| m == "HEAD");
+            let status = headers.header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+            let may_have_body = !head && !matches!(status, 100..=199 | 204 | 304);
+            let bodiless = end_of_stream && !tunnel && may_have_body;
+            if let Err(failure) = self.transform(host, Side::Response, &t, headers, None, bodiless) {
                 self.response_failed(host, failure, None, end_of_stream);
             }
             return Flow::Continue;

@@ -188,6 +188,17 @@ fn a_bodiless_message_gets_its_new_body_where_the_host_can_add_one() {
         let expected: &[u8] = if can_add { b"made at 200" } else { b"" };
         assert_eq!(host.response_body.borrow().as_slice(), expected, "can add: {can_add}");
     }
+    // No body goes with an answer to HEAD, nor with a 204 or a 304.
+    for (method, status) in [("HEAD", "200"), ("GET", "204"), ("GET", "304")] {
+        let host = FakeHost::with_request(&[(":method", method), (":path", "/envelope"), (":authority", "h")]);
+        host.can_add_body_to_bodiless.set(true);
+        let mut s = TransformationFilter::stream(filter(config));
+        assert_eq!(s.on_request_headers(&host, true), Flow::Continue);
+        host.set_response(&[(":status", status)], b"");
+        assert_eq!(s.on_response_headers(&host, true), Flow::Continue);
+        assert_eq!(host.response_body.borrow().as_slice(), b"", "{method} {status}");
+        assert_eq!(host.header_of(Side::Response, "content-length"), None, "{method} {status}");
+    }
 }
 
 #[test]
