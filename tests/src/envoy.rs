@@ -277,9 +277,11 @@ impl EnvoyConfig {
             }
             // .wasm files named relative to the project: to the build output (an absolute path stays as it is).
             let wasm_file = if self.build == Build::Wasm { object.get_mut("filename") } else { None };
-            if let Some(Value::String(filename)) = wasm_file.filter(|f| f.as_str().is_some_and(|f| !f.starts_with('/')))
-            {
-                if let Some(name) = filename.strip_suffix(".wasm").and_then(|f| f.rsplit('/').next()) {
+            if let Some(Value::String(filename)) = wasm_file {
+                let relative = !filename.starts_with('/');
+                if let Some(name) =
+                    filename.strip_suffix(".wasm").and_then(|f| f.rsplit('/').next()).filter(|_| relative)
+                {
                     *filename = paths::wasm_file(name).display().to_string();
                 }
             }
